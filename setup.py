@@ -1,0 +1,38 @@
+"""Install popt_jax: `pip install -e .[test]` (CPU) or `pip install -e .[gpu]` (CUDA 12)."""
+
+from setuptools import find_packages, setup
+
+REQUIRED = [
+    "jax>=0.4.35",
+    "flax>=0.10.0",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "h5py",
+    "numpy",
+    "scipy",
+    "ml_collections",
+    "clu",
+    "safetensors",
+    "absl-py",
+    "matplotlib",
+]
+
+setup(
+    name="popt_jax",
+    version="0.1.0",
+    description=(
+        "JAX/Flax NNX ports of BrainBERT, the Population Transformer (PopT) and the "
+        "transformer brain encoder, with converters for the published PyTorch weights."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["popt_jax", "popt_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=REQUIRED,
+    extras_require={
+        # torch is only needed for the parity tests and the optional PyTorch export check.
+        "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff"],
+        "gpu": ["jax[cuda12]"],
+    },
+)
