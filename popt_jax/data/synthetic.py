@@ -1,0 +1,352 @@
+"""A small synthetic Brain Treebank, written in the real on-disk layout.
+
+`write_synthetic_braintreebank` produces a tree that `popt_jax.data.braintreebank` and the
+upstream PopT readers both accept: per-trial h5 files with ``data/electrode_{i}``, cleaned-name
+JSON labels (with non-localized trigger/EKG channels, as in the real data), ``depth-wm.csv``
+with L/I/P coordinates and Desikan-Killiany regions, trigger timings, movie metadata, a
+``features.csv`` transcript per movie and a clean_laplacian-style electrode selection.
+
+The signals are 1/f background (shared within a shaft, so re-referencing matters) plus 60 Hz
+line noise and harmonics (so the notches matter). With ``plant=True`` three electrode groups
+carry stimulus-locked structure that the four decoding tasks can find:
+
+* ``speech``: a 70-150 Hz burst after every word onset, amplitude proportional to the word's
+  ``rms`` (volume), stronger at sentence onsets;
+* ``onset``: an extra 70-150 Hz burst after sentence onsets only;
+* ``pitch``: 20-30 Hz (beta) amplitude over each word proportional to its ``pitch``.
+
+Bursts ride on an independent carrier per electrode, so a Laplacian does not cancel them.
+``plant=False`` draws exactly the same random numbers and simply does not add the planted
+components. The groups and timing constants are written to ``synthetic_truth.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy import fft as sp_fft
+
+__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND"]
+
+SPEECH_BAND = (70.0, 150.0)
+PITCH_BAND = (20.0, 30.0)
+_LINE = {60: 40.0, 120: 8.0, 180: 12.0, 240: 2.0, 300: 4.0, 360: 1.0}  # amplitude per harmonic
+_TRIGGER_EVERY_S = 1.0
+_VOCAB = [
+    ("the", "DET"), ("a", "DET"), ("this", "DET"), ("man", "NOUN"), ("city", "NOUN"),
+    ("car", "NOUN"), ("night", "NOUN"), ("friend", "NOUN"), ("money", "NOUN"), ("door", "NOUN"),
+    ("run", "VERB"), ("know", "VERB"), ("take", "VERB"), ("said", "VERB"), ("look", "VERB"),
+    ("go", "VERB"), ("we", "PRON"), ("you", "PRON"), ("he", "PRON"), ("it", "PRON"),
+    ("in", "ADP"), ("on", "ADP"), ("with", "ADP"), ("now", "ADV"), ("never", "ADV"),
+    ("big", "ADJ"), ("dark", "ADJ"), ("good", "ADJ"), ("and", "CCONJ"), ("but", "CCONJ"),
+]
+_CORTEX = {
+    "T": ("superiortemporal", "middletemporal", "inferiortemporal"),
+    "F": ("rostralmiddlefrontal", "superiorfrontal", "parsopercularis"),
+    "O": ("lateraloccipital", "lingual", "cuneus"),
+    "P": ("supramarginal", "inferiorparietal", "superiorparietal"),
+}
+_DEEP = {"T": ("Hippocampus", "Amygdala"), "F": ("Caudate",), "O": ("Cerebral-White-Matter",),
+         "P": ("Putamen",)}
+
+
+# --------------------------------------------------------------------------- random pieces
+
+
+def _colored_noise(rng: np.random.Generator, n_ch: int, n_t: int, fs: float,
+                   band: tuple[float, float] | None = None) -> np.ndarray:
+    """Unit-variance Gaussian noise [n_ch, n_t] (float32): 1/f when ``band`` is None, else
+    flat within ``band``. Drawn directly in the frequency domain (one inverse FFT) and scaled
+    by its exact expected variance, which keeps writing a 3-minute trial to about a second.
+    """
+    f = np.fft.rfftfreq(n_t, 1.0 / fs)
+    if band is None:
+        gain = 1.0 / np.sqrt(np.maximum(f, 0.5))
+    else:
+        gain = ((f >= band[0]) & (f <= band[1])).astype(np.float64)
+    gain[0] = 0.0  # no DC offset
+    if n_t % 2 == 0:
+        gain[-1] = 0.0  # a real-only Nyquist bin would need its own variance term
+    var = 4.0 * np.sum(gain**2) / n_t**2  # of irfft(gain * (a + ib)), a, b ~ N(0, 1)
+    spec = rng.standard_normal((n_ch, len(f)), dtype=np.float32) \
+        + 1j * rng.standard_normal((n_ch, len(f)), dtype=np.float32)
+    spec *= (gain / np.sqrt(var)).astype(np.float32)
+    return sp_fft.irfft(spec, n=n_t, axis=-1, workers=-1).astype(np.float32, copy=False)
+
+
+def _transcript(rng: np.random.Generator, movie_s: float) -> dict[str, list]:
+    """Words in speech stretches (1-3 sentences) separated by 3-8 s silences."""
+    cols: dict[str, list] = {k: [] for k in (
+        "text", "start", "end", "pos", "sentence", "sentence_idx", "idx_in_sentence",
+        "is_onset", "is_offset", "rms", "pitch", "speaker")}
+    speakers = [(110.0, 0.05), (205.0, 0.12), (160.0, 0.08)]  # (pitch Hz, loudness)
+    t, n_sent = rng.uniform(0.5, 2.0), 0
+    while t < movie_s - 2.0:
+        for _ in range(int(rng.integers(1, 4))):
+            spk = int(rng.integers(len(speakers)))
+            base_pitch, base_rms = speakers[spk]
+            loud = base_rms * rng.lognormal(0.0, 0.35)
+            words = [_VOCAB[i] for i in rng.integers(len(_VOCAB), size=int(rng.integers(3, 11)))]
+            sentence = " ".join(w for w, _ in words)
+            for j, (text, pos) in enumerate(words):
+                dur = rng.uniform(0.15, 0.45)
+                if t + dur > movie_s - 0.5:
+                    break
+                cols["text"].append(text)
+                cols["start"].append(t)
+                cols["end"].append(t + dur)
+                cols["pos"].append(pos)
+                cols["sentence"].append(sentence)
+                cols["sentence_idx"].append(n_sent)
+                cols["idx_in_sentence"].append(j)
+                cols["is_onset"].append(j == 0)
+                cols["is_offset"].append(j == len(words) - 1)
+                cols["rms"].append(loud * rng.lognormal(0.0, 0.25))
+                cols["pitch"].append(base_pitch * (1.0 + 0.1 * rng.standard_normal()))
+                cols["speaker"].append(f"speaker_{spk}")
+                t += dur + rng.uniform(0.03, 0.15)
+            n_sent += 1
+            t += rng.uniform(0.3, 1.2)
+        t += rng.uniform(3.0, 8.0)
+    return cols
+
+
+def _shafts(rng: np.random.Generator, n_shafts: int, contacts: tuple[int, int]) -> list[dict]:
+    """Shaft stems, contact counts, LIP coordinates and regions (contact 1 is the deepest)."""
+    shafts, stems = [], set()
+    while len(shafts) < n_shafts:
+        hemi = "L" if rng.random() < 0.5 else "R"
+        lobe = "TFOP"[int(rng.integers(4))]
+        stem = f"{hemi}{lobe}{int(rng.integers(1, 4))}{'abcd'[int(rng.integers(4))]}"
+        if rng.random() < 0.4:
+            stem += "I" + "abc"[int(rng.integers(3))]
+        if stem in stems:
+            continue
+        stems.add(stem)
+        n = int(rng.integers(contacts[0], contacts[1] + 1))
+        side = 1.0 if hemi == "L" else -1.0
+        tip = np.array([128.0 + side * rng.uniform(10, 25), rng.uniform(90, 160),
+                        rng.uniform(60, 190)])
+        direction = np.array([side, rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3)])
+        direction /= np.linalg.norm(direction)
+        lip = tip + np.arange(n)[:, None] * 3.5 * direction + rng.normal(0, 0.3, (n, 3))
+        lip = np.clip(np.round(lip, 2), 1.0, 249.0)
+        h = "lh" if hemi == "L" else "rh"
+        hemi_word = "Left" if hemi == "L" else "Right"
+        regions = []
+        for k in range(n):
+            depth = k / max(n - 1, 1)
+            if depth < 0.3:
+                deep = _DEEP[lobe]
+                regions.append(f"{hemi_word}-{deep[int(rng.integers(len(deep)))]}")
+            elif depth < 0.6:
+                regions.append(f"{hemi_word}-Cerebral-White-Matter")
+            else:
+                ctx = _CORTEX[lobe]
+                regions.append(f"ctx-{h}-{ctx[int(rng.integers(len(ctx)))]}")
+        shafts.append({"stem": stem, "hemi": hemi, "n": n, "lip": lip, "regions": regions})
+    return shafts
+
+
+def _add_bursts(env: np.ndarray, centres_s: np.ndarray, amps: np.ndarray, fs: float,
+                offset_s: float, length_s: float) -> None:
+    """Add a Hann bump of height ``amps[i]`` at ``centres_s[i] + offset_s`` to ``env``."""
+    n = max(int(length_s * fs), 2)
+    bump = np.hanning(n)
+    for t, a in zip(centres_s, amps, strict=True):
+        s = int(round((t + offset_s) * fs))
+        a0, b0 = max(s, 0), min(s + n, len(env))
+        if b0 > a0:
+            env[a0:b0] += a * bump[a0 - s:b0 - s]
+
+
+def _to_sample(movie_time: np.ndarray, lead: float, drift: float, fs: float) -> np.ndarray:
+    """True (continuous) recording sample of a movie time: a lead-in plus a slow clock drift."""
+    return lead * fs + np.asarray(movie_time) * fs * (1.0 + drift)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def write_synthetic_braintreebank(
+    root: str | Path, *, n_subjects: int = 2, trials_per_subject: int = 1,
+    duration_s: float = 180.0, n_shafts: int = 3, contacts: tuple[int, int] = (6, 12),
+    fs: float = 2048.0, seed: int = 0, plant: bool = True,
+) -> Path:
+    """Write a seeded synthetic Brain Treebank under ``root`` and return ``root``.
+
+    Args:
+        root: output folder (created; existing files of the same names are overwritten).
+        n_subjects: subjects ``sub_1..sub_n``.
+        trials_per_subject: recordings per subject; trial t of every subject shows movie t.
+        duration_s: recording length; the movie covers all but 9-15 s of it.
+        n_shafts: depth shafts per subject.
+        contacts: inclusive (min, max) contacts per shaft.
+        fs: sampling rate in Hz.
+        seed: everything written is a function of the arguments.
+        plant: add the stimulus-locked components (see module docstring).
+
+    Returns:
+        The root folder as a `Path`.
+    """
+    root = Path(root)
+    if duration_s < 30:
+        raise ValueError("duration_s must be at least 30 s (5 s windows need room)")
+    if contacts[0] < 3 or contacts[1] < contacts[0]:
+        raise ValueError("contacts must be (min, max) with 3 <= min <= max")
+    if not 1 <= n_shafts <= 200:  # the stem generator has 384 distinct names
+        raise ValueError("n_shafts must be in [1, 200]")
+    n_t = int(round(duration_s * fs))
+    movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
+    truth: dict = {"seed": seed, "plant": plant, "fs": fs, "duration_s": duration_s,
+                   "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
+                   "burst_offset_s": 0.05, "burst_length_s": 0.4, "subjects": {}}
+
+    movies = []
+    for m in range(trials_per_subject):
+        rng_m = np.random.default_rng([seed, 1_000_003, m])
+        movie = f"synthetic-movie-{m}"
+        words = _transcript(rng_m, movie_s)
+        movies.append((movie, words))
+        header = ["", "text", "start", "end", "pos", "sentence", "sentence_idx",
+                  "idx_in_sentence", "is_onset", "is_offset", "rms", "pitch", "speaker"]
+        rows = [[i, words["text"][i], f"{words['start'][i]:.4f}", f"{words['end'][i]:.4f}",
+                 words["pos"][i], words["sentence"][i], words["sentence_idx"][i],
+                 words["idx_in_sentence"][i], words["is_onset"][i], words["is_offset"][i],
+                 f"{words['rms'][i]:.6g}", f"{words['pitch'][i]:.3f}", words["speaker"][i]]
+                for i in range(len(words["text"]))]
+        _write_csv(root / "transcripts" / movie / "features.csv", header, rows)
+
+    selection: dict[str, list[str]] = {}
+    for s in range(1, n_subjects + 1):
+        sid = f"sub_{s}"
+        rng = np.random.default_rng([seed, s])
+        shafts = _shafts(rng, n_shafts, contacts)
+        neural = [f"{sh['stem']}{k + 1}" for sh in shafts for k in range(sh["n"])]
+        shaft_of = np.concatenate([np.full(sh["n"], i) for i, sh in enumerate(shafts)])
+        interior = [f"{sh['stem']}{k + 1}" for sh in shafts for k in range(1, sh["n"] - 1)]
+        # One electrode carries a '*' mark in both files, as some published labels do.
+        starred = interior[int(rng.integers(len(interior)))]
+        labels = list(neural)
+        labels.insert(shafts[0]["n"], "EKG_1")  # non-localized channels, as in the real data
+        labels += ["DC1", "DC2"]
+        raw_labels = [n + "*" if n == starred else n for n in labels]
+        (root / "electrode_labels" / sid).mkdir(parents=True, exist_ok=True)
+        (root / "electrode_labels" / sid / "electrode_labels.json").write_text(
+            json.dumps(raw_labels))
+
+        loc_rows = []
+        for sh in shafts:
+            for k in range(sh["n"]):
+                name = f"{sh['stem']}{k + 1}"
+                region = sh["regions"][k]
+                loc_rows.append([len(loc_rows), name + ("*" if name == starred else ""),
+                                 sh["hemi"], *(f"{v:.2f}" for v in sh["lip"][k]), region,
+                                 region.replace("ctx-", "ctx_").replace("-", "_")])
+        _write_csv(root / "localization" / sid / "depth-wm.csv",
+                   ["ID", "Electrode", "Hemisphere", "L", "I", "P", "DesikanKilliany",
+                    "Destrieux"], loc_rows)
+
+        order = rng.permutation(len(interior))
+        selection[sid] = [interior[i] for i in order]
+        groups = rng.permutation(len(interior))
+        n_g = max(1, len(interior) // 5)
+        group_names = {
+            "speech": sorted(interior[i] for i in groups[:n_g]),
+            "onset": sorted(interior[i] for i in groups[n_g:2 * n_g]),
+            "pitch": sorted(interior[i] for i in groups[2 * n_g:3 * n_g]),
+        }
+        truth["subjects"][sid] = {**group_names, "trials": {}}
+
+        for t in range(trials_per_subject):
+            tid = f"trial{t:03d}"
+            movie, words = movies[t]
+            lead = rng.uniform(4.0, 7.0)
+            drift = rng.uniform(-2e-4, 2e-4)
+            trig_t = np.arange(0.0, movie_s, _TRIGGER_EVERY_S)
+            trig_t = np.round(trig_t + rng.uniform(0, 0.01, len(trig_t)), 4)
+            trig_idx = np.round(_to_sample(trig_t, lead, drift, fs)).astype(np.int64)
+            _write_csv(root / "subject_timings" / f"{sid}_{tid}_timings.csv",
+                       ["movie_time", "index"],
+                       [[f"{a:.4f}", int(b)] for a, b in zip(trig_t, trig_idx, strict=True)])
+            meta = {"title": movie.replace("-", " ").title(), "filename": movie,
+                    "subject": sid, "trial": tid, "sampling_rate": fs, "synthetic": True}
+            (root / "subject_metadata").mkdir(parents=True, exist_ok=True)
+            (root / "subject_metadata" / f"{sid}_{tid}_metadata.json").write_text(
+                json.dumps(meta, indent=1))
+
+            # Background: per-shaft shared 1/f plus per-contact 1/f, then line noise.
+            n_e = len(neural)
+            x = 30.0 * (0.8 * _colored_noise(rng, n_e, n_t, fs)
+                        + 0.6 * _colored_noise(rng, len(shafts), n_t, fs)[shaft_of])
+            time = np.arange(n_t) / fs
+            gains = rng.uniform(0.8, 1.2, (n_e, 1))
+            line = sum(amp * np.sin(2 * np.pi * f0 * time + rng.uniform(0, 2 * np.pi))
+                       for f0, amp in _LINE.items())
+            x += gains.astype(np.float32) * line.astype(np.float32)
+            del time, line
+
+            on = np.asarray(words["start"])
+            dur = np.asarray(words["end"]) - on
+            is_on = np.asarray(words["is_onset"], dtype=bool)
+            rms = np.asarray(words["rms"])
+            pitch = np.asarray(words["pitch"])
+            on_rec = _to_sample(on, lead, drift, fs) / fs  # word onsets, recording seconds
+            env_speech = np.zeros(n_t)
+            _add_bursts(env_speech, on_rec, 12.0 * rms / rms.mean() * (1 + 0.8 * is_on), fs,
+                        0.05, 0.4)
+            env_onset = np.zeros(n_t)
+            _add_bursts(env_onset, on_rec[is_on], np.full(is_on.sum(), 14.0), fs, 0.1, 0.5)
+            env_pitch = np.zeros(n_t)
+            p01 = (pitch - pitch.min()) / max(np.ptp(pitch), 1e-9)
+            for c, d, a in zip(on_rec, dur, 10.0 * p01, strict=True):
+                _add_bursts(env_pitch, [c], [a], fs, 0.0, max(d, 0.1))
+            index = {n: i for i, n in enumerate(neural)}
+            for key, env, band in (("speech", env_speech, SPEECH_BAND),
+                                   ("onset", env_onset, SPEECH_BAND),
+                                   ("pitch", env_pitch, PITCH_BAND)):
+                rows_g = [index[n] for n in group_names[key]]
+                carrier = _colored_noise(rng, len(rows_g), n_t, fs, band)  # drawn either way
+                if plant:
+                    x[rows_g] += carrier * env[None, :].astype(np.float32)
+
+            aux = {"EKG_1": 200.0 * (np.sin(2 * np.pi * 1.1 * np.arange(n_t) / fs) > 0.995),
+                   "DC1": np.zeros(n_t), "DC2": np.full(n_t, 1.0)}
+            for i in trig_idx:  # trigger pulses of 20 samples
+                aux["DC1"][i:i + 20] = 1.0
+                aux["DC2"][i:i + 20] = 0.0
+            path = root / "all_subject_data" / f"{sid}_{tid}.h5"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(path, "w") as f:
+                g = f.create_group("data")
+                for i, name in enumerate(labels):
+                    if name in aux:  # mostly constant: compresses to almost nothing
+                        g.create_dataset(f"electrode_{i}", data=aux[name].astype(np.float32),
+                                         compression="gzip", track_times=False)
+                    else:
+                        g.create_dataset(f"electrode_{i}", data=x[index[name]],
+                                         track_times=False)
+            truth["subjects"][sid]["trials"][tid] = {
+                "movie": movie, "lead_s": lead, "drift": drift, "n_samples": n_t}
+
+    (root / "electrode_selections").mkdir(parents=True, exist_ok=True)
+    (root / "electrode_selections" / "clean_laplacian.json").write_text(json.dumps(selection))
+    (root / "trial_selections").mkdir(parents=True, exist_ok=True)
+    (root / "trial_selections" / "all_trials.json").write_text(json.dumps(
+        {f"sub_{s}": [f"trial{t:03d}" for t in range(trials_per_subject)]
+         for s in range(1, n_subjects + 1)}))
+    (root / "synthetic_truth.json").write_text(json.dumps(truth, indent=1, default=float))
+    return root
+
