@@ -177,7 +177,7 @@ def test_popt_padding_invariance(popt):
     for b, k in enumerate(n_real):
         assert max_abs(out.hidden[b, : 1 + k], ref.hidden[b, : 1 + k]) <= 1e-5
         assert max_abs(out.token_logits[b, :k], ref.token_logits[b, :k]) <= 1e-5
-        for w2, w1 in zip(out.attention, ref.attention):
+        for w2, w1 in zip(out.attention, ref.attention, strict=True):
             assert max_abs(w2[b, :, : 1 + k, : 1 + k], w1[b, :, : 1 + k, : 1 + k]) <= 1e-6
             assert np.all(w2[b, :, :, 1 + k:] == 0.0)
     # An example's outputs do not depend on its batch mates either.

@@ -9,7 +9,6 @@ z-score units, including its flat-channel quirks.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import pathlib
 
 import jax
@@ -55,7 +54,8 @@ ref_spectrogram = _load_reference()
 
 # Jitted once per static configuration (much faster here than op-by-op eager dispatch).
 jstft = jax.jit(sig.stft, static_argnames=("nperseg", "noverlap", "nfft", "boundary", "padded",
-                                           "return_onesided", "scaling", "n_freqs", "precision"))
+                                           "return_onesided", "scaling", "fs", "n_freqs",
+                                           "precision"))
 
 
 def demo_reference(x, nperseg=400, noverlap=350, n_freqs=40, trim=5):
@@ -128,16 +128,14 @@ STFT_CASES = [
 def test_stft_matches_scipy(n, nperseg, noverlap, nfft, boundary, padded, onesided, scaling):
     rng = np.random.default_rng(n + nperseg)
     x = white(rng, (2, n))
-    # `sig.stft` has no sampling-rate argument, so its 'psd' scale is scipy's at fs=1 (see
-    # test_stft_psd_scaling_uses_sampling_rate); fs only labels the axes otherwise.
-    fs = 1.0 if scaling == "psd" else FS
+    fs = FS
     f, t, want = scipy.signal.stft(
         x, fs, nperseg=nperseg, noverlap=noverlap, nfft=nfft,
         boundary="zeros" if boundary else None, padded=padded, return_onesided=onesided,
         scaling=scaling)
     got = np.asarray(jstft(jnp.asarray(x, jnp.float32), nperseg=nperseg, noverlap=noverlap,
                            nfft=nfft, boundary=boundary, padded=padded,
-                           return_onesided=onesided, scaling=scaling))
+                           return_onesided=onesided, scaling=scaling, fs=fs))
     assert got.shape == want.shape
     # float32 against float64: errors ~1e-7 of the largest coefficient; a wrong window
     # (symmetric Hann), scale or frame offset shows up at 1e-3 or more.
@@ -152,17 +150,20 @@ def test_stft_matches_scipy(n, nperseg, noverlap, nfft, boundary, padded, onesid
 
 
 def test_stft_psd_scaling_uses_sampling_rate():
-    # scipy's 'psd' STFT scale is 1/sqrt(fs * sum(win**2)): it depends on the sampling rate,
-    # which `sig.stft` cannot be told, so at fs=2048 its 'psd' output is sqrt(2048) ~ 45x
-    # scipy's. Upstream only uses 'spectrum' scaling, where fs plays no part.
-    if "fs" not in inspect.signature(sig.stft).parameters:
-        pytest.xfail("popt_jax.signal.stft has no `fs`: 'psd' scale matches scipy only at fs=1")
+    # scipy's 'psd' STFT scale is 1/sqrt(fs * sum(win**2)); `fs` defaults to 1 (the axis
+    # labels are separate functions). At fs=2048 a missing fs would be off by ~45x.
     rng = np.random.default_rng(12)
     x = white(rng, (2, 1001))
-    _, _, want = scipy.signal.stft(x, FS, nperseg=100, noverlap=30, scaling="psd")
-    got = np.asarray(sig.stft(jnp.asarray(x, jnp.float32), fs=FS, nperseg=100, noverlap=30,
-                              scaling="psd"))
-    assert max_abs(got, want) <= 2e-6 * np.abs(want).max()
+    for fs in (1.0, FS):
+        _, _, want = scipy.signal.stft(x, fs, nperseg=100, noverlap=30, scaling="psd")
+        kw = {} if fs == 1.0 else {"fs": fs}
+        got = np.asarray(sig.stft(jnp.asarray(x, jnp.float32), nperseg=100, noverlap=30,
+                                  scaling="psd", **kw))
+        assert max_abs(got, want) <= 2e-6 * np.abs(want).max()
+    # 'spectrum' scaling does not depend on fs.
+    a = sig.stft(jnp.asarray(x, jnp.float32), nperseg=100, noverlap=30)
+    b = sig.stft(jnp.asarray(x, jnp.float32), nperseg=100, noverlap=30, fs=FS)
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("onesided, n_freqs", [(True, 40), (True, 1), (True, 500),
