@@ -10,12 +10,16 @@ The signals are 1/f background (shared within a shaft, so re-referencing matters
 line noise and harmonics (so the notches matter). With ``plant=True`` three electrode groups
 carry stimulus-locked structure that the four decoding tasks can find:
 
-* ``speech``: a 70-150 Hz burst after every word onset, amplitude proportional to the word's
+* ``speech``: a 70-150 Hz burst at every word onset, amplitude proportional to the word's
   ``rms`` (volume), stronger at sentence onsets;
-* ``onset``: an extra 70-150 Hz burst after sentence onsets only;
-* ``pitch``: 20-30 Hz (beta) amplitude over each word proportional to its ``pitch``.
+* ``onset``: an extra 70-150 Hz burst at sentence onsets only;
+* ``pitch``: a 20-30 Hz (beta) burst at every word onset, amplitude proportional to its
+  ``pitch``.
 
 Bursts ride on an independent carrier per electrode, so a Laplacian does not cancel them.
+They start 0.1 s before the onset and peak about 0.1 s after it: BrainBERT z-scores each
+5 s window and pools the frames within about 0.2 s of the window centre, so only a response
+that differs from the rest of the window right there survives into the embeddings.
 ``plant=False`` draws exactly the same random numbers and simply does not add the planted
 components. The groups and timing constants are written to ``synthetic_truth.json``.
 """
@@ -212,7 +216,7 @@ def write_synthetic_braintreebank(
     movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
     truth: dict = {"seed": seed, "plant": plant, "fs": fs, "duration_s": duration_s,
                    "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
-                   "burst_offset_s": 0.05, "burst_length_s": 0.4, "subjects": {}}
+                   "burst_offset_s": -0.1, "burst_length_s": 0.4, "subjects": {}}
 
     movies = []
     for m in range(trials_per_subject):
@@ -299,20 +303,18 @@ def write_synthetic_braintreebank(
             del time, line
 
             on = np.asarray(words["start"])
-            dur = np.asarray(words["end"]) - on
             is_on = np.asarray(words["is_onset"], dtype=bool)
             rms = np.asarray(words["rms"])
             pitch = np.asarray(words["pitch"])
             on_rec = _to_sample(on, lead, drift, fs) / fs  # word onsets, recording seconds
             env_speech = np.zeros(n_t)
-            _add_bursts(env_speech, on_rec, 12.0 * rms / rms.mean() * (1 + 0.8 * is_on), fs,
-                        0.05, 0.4)
+            _add_bursts(env_speech, on_rec, 30.0 * rms / rms.mean() * (1 + 0.8 * is_on), fs,
+                        -0.1, 0.4)
             env_onset = np.zeros(n_t)
-            _add_bursts(env_onset, on_rec[is_on], np.full(is_on.sum(), 14.0), fs, 0.1, 0.5)
+            _add_bursts(env_onset, on_rec[is_on], np.full(is_on.sum(), 30.0), fs, -0.05, 0.5)
             env_pitch = np.zeros(n_t)
             p01 = (pitch - pitch.min()) / max(np.ptp(pitch), 1e-9)
-            for c, d, a in zip(on_rec, dur, 10.0 * p01, strict=True):
-                _add_bursts(env_pitch, [c], [a], fs, 0.0, max(d, 0.1))
+            _add_bursts(env_pitch, on_rec, 30.0 * p01, fs, -0.1, 0.3)
             index = {n: i for i, n in enumerate(neural)}
             for key, env, band in (("speech", env_speech, SPEECH_BAND),
                                    ("onset", env_onset, SPEECH_BAND),

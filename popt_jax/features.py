@@ -1,0 +1,663 @@
+"""The BrainBERT feature store: one HDF5 file of window embeddings per subject-trial.
+
+    python -m popt_jax.main --config configs/extract_features.py --workdir runs/features
+
+PopT never sees raw sEEG: it reads per-electrode BrainBERT embeddings of 5 s windows. Upstream
+writes one ``.npy`` per window (hundreds of thousands of small files, three ``np.load`` per
+pretraining example). Here every subject-trial becomes ONE file, written by
+`extract_features`, read by `popt_jax.data.datasets`::
+
+    {out_dir}/sub_{S}_trial{TTT}.h5
+      attrs   format, subject, trial, fs, n_samples, window_samples, hidden_dim,
+              preprocess_config (JSON of PreprocessConfig), checkpoint_hash,
+              extraction (JSON: tasks, max_windows, dtypes, requested electrodes),
+              popt_jax_version
+      electrode_names   [E] str, the token order (label order of the data layer)
+      coords            [E, 3] float64 (L, I, P) as localized (PopT truncates them)
+      regions           [E] str, Desikan-Killiany
+      pretrain/embeddings  [W, E, D] float32|float16   (5 s windows every 0.2 s)
+      pretrain/starts      [W] int64 first sample of each window
+      windows/embeddings   [N, E, D]  every task window once (word-aligned and non-speech)
+      windows/starts       [N] int64, sorted and unique
+      <task>/index    [n] int64 row of `windows` of each example (task order kept)
+      <task>/labels   [n] int8 (0/1)
+      <task>/starts   [n] int64 (= windows/starts[index])
+      <task>/word_rows [n] int64 transcript row of the centring word, -1 for non-speech
+      <task>/times    [n] float64 what upstream stores beside the label
+
+with ``<task>`` in volume, pitch, sentence_onset, word_onset. Word-aligned and non-speech
+windows are shared by several tasks, so they are embedded and stored once under ``windows/``;
+`task_arrays` returns a task's (embeddings, labels, starts) as if stored per task.
+
+Files are written as ``*.h5.tmp`` and renamed when complete, so a crash never leaves a file
+that looks finished. A rerun skips finished files whose preprocessing config, checkpoint hash
+and extraction settings match, and raises a one-line `DataError` naming the file otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import h5py
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from popt_jax import models
+from popt_jax.data import preprocess as pp
+from popt_jax.data.braintreebank import (
+    BrainTreebank,
+    DataError,
+    laplacian_neighbours,
+    load_selection,
+    subject_id,
+    trial_id,
+)
+
+__all__ = [
+    "FORMAT", "DEFAULT_TASKS", "FINETUNE_TASKS", "extract_features", "extract_features_job",
+    "feature_path", "read_attrs", "task_arrays", "random_brainbert", "file_sha256",
+    "write_random_features",
+]
+
+FORMAT = "popt_jax.features/1"
+FINETUNE_TASKS = ("volume", "pitch", "sentence_onset", "word_onset")
+DEFAULT_TASKS = ("pretrain",) + FINETUNE_TASKS
+# PreprocessConfig fields that change memory use only, never the numbers written.
+_NOT_FINGERPRINTED = ("chunk",)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("popt_jax")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def feature_path(out_dir: str | os.PathLike, subject: int | str, trial: int | str) -> Path:
+    """``{out_dir}/sub_{S}_trial{TTT}.h5``."""
+    return Path(out_dir) / f"{subject_id(subject)}_{trial_id(trial)}.h5"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, or of every file of a directory (sorted by name)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def random_brainbert(cfg: models.BrainBERTConfig | None = None,
+                     seed: int = 0) -> models.BrainBERT:
+    """A BrainBERT with seeded random weights (default: full size); logged loudly."""
+    cfg = cfg or models.BrainBERTConfig()
+    logging.warning("*" * 72)
+    logging.warning("BrainBERT has RANDOM weights (seed %d, hidden %d, %d layers): no "
+                    "checkpoint was given. Fine for tests and plumbing, not for results.",
+                    seed, cfg.hidden_dim, cfg.n_layers)
+    logging.warning("*" * 72)
+    return models.BrainBERT(cfg, rngs=nnx.Rngs(seed))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a feature file (attrs with JSON decoded, names, coords, regions, sizes).
+
+    Cheap: no embedding is read. DataError naming the file if it is not a feature file.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise DataError(path, f"not a {FORMAT} feature file "
+                                f"(format attr {f.attrs.get('format')!r})")
+            out: dict[str, Any] = {k: (v.item() if isinstance(v, np.generic) else v)
+                                   for k, v in f.attrs.items()}
+            for k in ("preprocess_config", "extraction"):
+                out[k] = json.loads(out[k])
+            out["electrode_names"] = list(f["electrode_names"].asstr()[:])
+            out["coords"] = f["coords"][:]
+            out["regions"] = list(f["regions"].asstr()[:])
+            out["groups"] = {k: int(f[k]["labels"].shape[0] if "labels" in f[k]
+                                    else f[k]["starts"].shape[0])
+                             for k in f if isinstance(f[k], h5py.Group)}
+    except OSError as err:
+        raise DataError(path, f"cannot read feature file: {err}") from None
+    return out
+
+
+def task_arrays(f: h5py.File, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings [n, E, D] float32, labels [n] int8, starts [n]) of a task in an open file.
+
+    ``task='pretrain'`` gives the pretraining windows with labels of -1.
+    """
+    if task == "pretrain":
+        g = f["pretrain"]
+        return (g["embeddings"][:].astype(np.float32), np.full(g["starts"].shape, -1, np.int8),
+                g["starts"][:])
+    if task not in f:
+        raise DataError(f.filename, f"no task group '{task}' (have {', '.join(f)})")
+    g = f[task]
+    index = g["index"][:]
+    emb = f["windows/embeddings"]
+    # h5py fancy indexing needs increasing indices: read sorted unique rows, then expand.
+    uniq, inverse = np.unique(index, return_inverse=True)
+    rows = emb[uniq] if len(uniq) else np.zeros((0, *emb.shape[1:]), emb.dtype)
+    return rows[inverse].astype(np.float32), g["labels"][:], g["starts"][:]
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _preprocess_json(cfg: pp.PreprocessConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+
+
+def _check_existing(path: Path, want: dict[str, Any]) -> None:
+    """DataError unless the finished file at ``path`` was made with the settings ``want``."""
+    have = read_attrs(path)
+    stored_pre = {k: v for k, v in have["preprocess_config"].items()
+                  if k not in _NOT_FINGERPRINTED}
+    want_pre = {k: v for k, v in want["preprocess_config"].items()
+                if k not in _NOT_FINGERPRINTED}
+    diffs = []
+    if stored_pre != want_pre:
+        keys = sorted(k for k in set(stored_pre) | set(want_pre)
+                      if stored_pre.get(k) != want_pre.get(k))
+        diffs.append("preprocessing config differs (" + ", ".join(
+            f"{k}: stored {stored_pre.get(k)!r}, requested {want_pre.get(k)!r}"
+            for k in keys) + ")")
+    if have["checkpoint_hash"] != want["checkpoint_hash"]:
+        diffs.append(f"checkpoint hash differs (stored {have['checkpoint_hash']!r}, "
+                     f"requested {want['checkpoint_hash']!r})")
+    if have["extraction"] != want["extraction"]:
+        keys = sorted(k for k in set(have["extraction"]) | set(want["extraction"])
+                      if have["extraction"].get(k) != want["extraction"].get(k))
+        diffs.append("extraction settings differ (" + ", ".join(keys) + ")")
+    if diffs:
+        raise DataError(path, "existing features were made differently: " + "; ".join(diffs)
+                        + "; delete the file or choose another output folder")
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _resolve_selection(bt: BrainTreebank, subjects: Sequence[str],
+                       selection: str | os.PathLike | Mapping[str, Sequence[str]] | None,
+                       cfg: pp.PreprocessConfig) -> dict[str, list[str]]:
+    """Electrodes per subject: the selection's, or every localized electrode usable as is."""
+    if selection is not None:
+        chosen = (load_selection(selection) if isinstance(selection, (str, os.PathLike))
+                  else {subject_id(k): list(v) for k, v in selection.items()})
+        missing = [s for s in subjects if s not in chosen]
+        if missing:
+            where = selection if isinstance(selection, (str, os.PathLike)) else None
+            raise DataError(where, f"electrode selection has no entry for {', '.join(missing)}")
+        return {s: chosen[s] for s in subjects}
+    out = {}
+    for s in subjects:
+        labels = bt.electrode_names(s)
+        localized = set(bt.localization(s).names)
+        names = [n for n in labels if n in localized]
+        if cfg.rereference == "laplacian":
+            names = [n for n in names if laplacian_neighbours(n, labels) is not None]
+        logging.info("%s: no selection given; using %d localized electrodes%s", s, len(names),
+                     " with both Laplacian neighbours" if cfg.rereference == "laplacian" else "")
+        out[s] = names
+    return out
+
+
+def _cap_task(ex: pp.TaskExamples, max_windows: int | None, seed: int) -> np.ndarray:
+    """Rows of ``ex`` kept under ``max_windows``: a seeded class-balanced subset, order kept."""
+    n = len(ex)
+    if max_windows is None or n <= max_windows:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.nonzero(ex.labels)[0], np.nonzero(~ex.labels)[0]
+    n_pos = min(len(pos), max(max_windows // 2, max_windows - len(neg)))
+    keep = np.concatenate([rng.choice(pos, n_pos, replace=False),
+                           rng.choice(neg, min(len(neg), max_windows - n_pos), replace=False)])
+    return np.sort(keep)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+class _Progress:
+    """Logs windows done, windows/s and ETA at most every ``every_s`` seconds."""
+
+    def __init__(self, label: str, total: int, n_electrodes: int, every_s: float):
+        self.label, self.total, self.n_e, self.every_s = label, total, n_electrodes, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        logging.info("%s: %d/%d windows, %.1f windows/s (%.0f electrode-windows/s), ETA %.0f s",
+                     self.label, self.done, self.total, rate, rate * self.n_e, eta)
+
+
+def _window_batch(data: np.ndarray, starts: np.ndarray, length: int, size: int) -> np.ndarray:
+    """float32 [size, E, length] windows; short batches repeat the last window (fixed shape)."""
+    out = np.empty((size, data.shape[0], length), dtype=np.float32)
+    for i in range(size):
+        s = int(starts[min(i, len(starts) - 1)])
+        out[i] = data[:, s:s + length]
+    return out
+
+
+def _embed_all(model: models.BrainBERT, data: np.ndarray, starts: np.ndarray, length: int,
+               sink: h5py.Dataset, *, batch_windows: int, compute_dtype, chunk: int | None,
+               progress: _Progress) -> None:
+    """Embed the windows at ``starts`` into ``sink`` rows 0..len-1, one jitted shape.
+
+    JAX dispatch is asynchronous: the next batch is cut on the host while the device runs the
+    current one, and a result is only pulled back (and written) one batch later.
+    """
+    pending = None
+    for a in range(0, len(starts), batch_windows):
+        part = starts[a:a + batch_windows]
+        wav = _window_batch(data, part, length, batch_windows)
+        out = models.brainbert_embed(model, wav, compute_dtype=compute_dtype, chunk=chunk)
+        if pending is not None:
+            _flush(sink, *pending, progress)
+        pending = (out, a, len(part))
+    if pending is not None:
+        _flush(sink, *pending, progress)
+
+
+def _flush(sink: h5py.Dataset, out, a: int, n: int, progress: _Progress) -> None:
+    sink[a:a + n] = np.asarray(out)[:n].astype(sink.dtype)
+    progress.update(n)
+
+
+def _write_trial(bt: BrainTreebank, model: models.BrainBERT, subject: str, trial: str,
+                 names: list[str], path: Path, attrs: dict[str, Any], *,
+                 cfg: pp.PreprocessConfig, tasks: Sequence[str], batch_windows: int,
+                 compute_dtype, storage_dtype: str, max_windows: int | None,
+                 chunk: int | None, progress_every_s: float) -> int:
+    """Preprocess one trial, embed its windows and write ``path`` atomically; returns windows."""
+    label = f"{subject} {trial}"
+    t0 = time.perf_counter()
+    trial_data = pp.preprocess_trial(bt, subject, trial, names, cfg)
+    n_samples = trial_data.data.shape[1]
+    names = trial_data.names  # label order; Laplacian "skip" may have dropped some
+    loc = bt.localization(subject).select(names)
+    w = cfg.window_samples
+    logging.info("%s: preprocessed %d electrodes x %d samples in %.1f s", label, len(names),
+                 n_samples, time.perf_counter() - t0)
+
+    pre_starts = np.zeros(0, np.int64)
+    if "pretrain" in tasks:
+        pre_starts = pp.pretraining_window_starts(n_samples, cfg)[:max_windows]
+    examples: dict[str, tuple[pp.TaskExamples, np.ndarray]] = {}
+    finetune = [t for t in tasks if t != "pretrain"]
+    if finetune:
+        words = bt.words(subject, trial)
+        for task in finetune:
+            ex = pp.make_task(task, words, n_samples, cfg)
+            examples[task] = (ex, _cap_task(ex, max_windows, cfg.seed))
+    win_starts = np.unique(np.concatenate(
+        [np.zeros(0, np.int64)] + [ex.starts[keep] for ex, keep in examples.values()]))
+
+    total = len(pre_starts) + (len(win_starts) if finetune else 0)
+    progress = _Progress(label, total, len(names), progress_every_s)
+
+    def fill(starts: np.ndarray, sink: h5py.Dataset) -> None:
+        _embed_all(model, trial_data.data, starts, w, sink, batch_windows=batch_windows,
+                   compute_dtype=compute_dtype, chunk=chunk, progress=progress)
+
+    t1 = time.perf_counter()
+    _write_file(path, {**attrs, "subject": subject, "trial": trial, "n_samples": n_samples,
+                       "window_samples": w, "hidden_dim": model.config.hidden_dim},
+                names, loc.lip, loc.regions,
+                pre_starts if "pretrain" in tasks else None,
+                {t: _task_table(ex, keep) for t, (ex, keep) in examples.items()}, fill,
+                storage_dtype)
+    rate = total / max(time.perf_counter() - t1, 1e-9)
+    logging.info("%s: wrote %s (%d windows, %.1f windows/s, %.0f electrode-windows/s)",
+                 label, path.name, total, rate, rate * len(names))
+    return total
+
+
+def _task_table(ex: pp.TaskExamples, keep: np.ndarray) -> dict[str, np.ndarray]:
+    return {"labels": ex.labels[keep].astype(np.int8), "starts": ex.starts[keep].astype(np.int64),
+            "word_rows": ex.word_rows[keep].astype(np.int64),
+            "times": ex.times[keep].astype(np.float64), "upstream_task": ex.task}
+
+
+def _write_file(path: Path, attrs: Mapping[str, Any], names: Sequence[str], coords: np.ndarray,
+                regions: Sequence[str], pretrain_starts: np.ndarray | None,
+                tasks: Mapping[str, Mapping[str, Any]], fill, storage_dtype: str) -> None:
+    """Write one feature file atomically (``path.tmp`` renamed when complete).
+
+    ``tasks[t]`` holds labels/starts/word_rows/times (and ``upstream_task``); their windows are
+    gathered, de-duplicated by start, into ``windows/``. ``fill(starts, sink)`` writes the
+    embeddings of ``starts`` into the [len(starts), E, D] dataset ``sink``. Any exception
+    removes the temporary file and propagates.
+    """
+    hidden = int(attrs["hidden_dim"])
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        logging.warning("%s: removing a stale temporary file from an interrupted run", tmp)
+        tmp.unlink()
+    try:
+        with h5py.File(tmp, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            text = h5py.string_dtype()
+            f.create_dataset("electrode_names", data=np.asarray(names, dtype=object), dtype=text)
+            f.create_dataset("coords", data=np.asarray(coords, dtype=np.float64))
+            f.create_dataset("regions", data=np.asarray(regions, dtype=object), dtype=text)
+            groups = []
+            if pretrain_starts is not None:
+                groups.append(("pretrain", np.asarray(pretrain_starts, np.int64)))
+            if tasks:
+                win_starts = np.unique(np.concatenate(
+                    [np.zeros(0, np.int64)] + [np.asarray(t["starts"]) for t in tasks.values()]))
+                groups.append(("windows", win_starts))
+                for task, table in tasks.items():
+                    g = f.create_group(task)
+                    g.create_dataset("index", data=np.searchsorted(win_starts, table["starts"]))
+                    for key in ("labels", "starts", "word_rows", "times"):
+                        g.create_dataset(key, data=table[key])
+                    g.attrs["upstream_task"] = table.get("upstream_task", task)
+            for name, starts in groups:
+                g = f.create_group(name)
+                g.create_dataset("starts", data=starts)
+                # One chunk per window: the datasets read single windows at random.
+                sink = g.create_dataset("embeddings", shape=(len(starts), len(names), hidden),
+                                        dtype=storage_dtype,
+                                        chunks=(1, len(names), hidden) if len(starts) else None)
+                fill(starts, sink)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_random_features(out_dir: str | os.PathLike, subject: int | str = 1,
+                          trial: int | str = 0, *, n_electrodes: int = 60,
+                          n_windows: int = 500, n_task: int = 100, hidden_dim: int = 768,
+                          fs: float = 2048.0, seed: int = 0,
+                          storage_dtype: str = "float32") -> Path:
+    """A feature file of random embeddings in the real layout (tests and benchmarks).
+
+    Electrodes ``A1..`` on shafts of 10 with random coordinates in [0, 200); ``n_windows``
+    pretraining windows 0.2 s apart; each task gets ``n_task`` examples (half positive) on
+    word windows spread over the recording, the onset tasks sharing non-speech windows.
+    """
+    rng = np.random.default_rng(seed)
+    cfg = pp.PreprocessConfig(fs=fs)
+    w, hop = cfg.window_samples, int(cfg.separation_s * fs)
+    pre = np.arange(n_windows, dtype=np.int64) * hop
+    n_samples = int(pre[-1] + w + 1) if n_windows else w + 1
+    names = [f"{'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[i // 10 % 26]}{i // 260 or ''}{i % 10 + 1}"
+             for i in range(n_electrodes)]
+    speech = np.sort(rng.choice(np.arange(0, max(n_samples - w, 1), hop // 2),
+                                size=n_task, replace=n_samples - w < n_task * hop // 2))
+    silence = np.sort(rng.integers(0, max(n_samples - w, 1), n_task))
+    half = n_task // 2
+    tasks = {}
+    for t in FINETUNE_TASKS:
+        if t in ("volume", "pitch"):
+            starts = speech
+            rows = np.arange(n_task)
+        else:
+            starts = np.concatenate([speech[:half], silence[:n_task - half]])
+            rows = np.concatenate([np.arange(half), np.full(n_task - half, -1)])
+        labels = np.zeros(n_task, np.int8)
+        labels[rng.permutation(n_task)[:half]] = 1
+        if t not in ("volume", "pitch"):
+            labels = (rows >= 0).astype(np.int8)
+        tasks[t] = {"labels": labels, "starts": starts.astype(np.int64),
+                    "word_rows": rows.astype(np.int64), "times": starts / fs}
+
+    def fill(starts: np.ndarray, sink: h5py.Dataset) -> None:
+        for a in range(0, len(starts), 256):
+            n = min(256, len(starts) - a)
+            sink[a:a + n] = rng.standard_normal((n, n_electrodes, hidden_dim)).astype(sink.dtype)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = feature_path(out_dir, subject, trial)
+    attrs = {"format": FORMAT, "fs": float(fs), "checkpoint_hash": f"random-features-{seed}",
+             "popt_jax_version": _version(),
+             "preprocess_config": json.dumps(_preprocess_json(cfg), sort_keys=True),
+             "extraction": json.dumps({"random_features": True}), "subject": subject_id(subject),
+             "trial": trial_id(trial), "n_samples": n_samples, "window_samples": w,
+             "hidden_dim": hidden_dim}
+    coords = rng.uniform(0, 200, (n_electrodes, 3))
+    _write_file(path, attrs, names, coords, ["synthetic"] * n_electrodes, pre, tasks, fill,
+                storage_dtype)
+    return path
+
+
+def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
+             selection=None, brainbert=None, preprocess_cfg=None,
+             tasks=DEFAULT_TASKS, batch_windows: int = 32, compute_dtype=jnp.float32,
+             storage_dtype: str = "float32", max_windows: int | None = None, seed: int = 0,
+             chunk: int | None = None, progress_every_s: float = 5.0
+             ) -> tuple[list[Path], dict[str, int]]:
+    """`extract_features`, also returning counts of the work done (for the job summary)."""
+    unknown = [t for t in tasks if t not in DEFAULT_TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks must be a non-empty subset of {DEFAULT_TASKS}, got {tasks}")
+    if storage_dtype not in ("float32", "float16"):
+        raise ValueError(f"storage_dtype must be float32 or float16, not {storage_dtype!r}")
+    if batch_windows < 1:
+        raise ValueError("batch_windows must be >= 1")
+    cfg = preprocess_cfg or pp.PreprocessConfig()
+    bt = BrainTreebank(root, fs=cfg.fs)
+    subjects = ([subject_id(s) for s in subjects] if subjects else bt.subjects())
+    chosen = _resolve_selection(bt, subjects, selection, cfg)
+    model = brainbert if brainbert is not None else random_brainbert(seed=seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = {
+        "format": FORMAT, "fs": float(cfg.fs), "checkpoint_hash": checkpoint_hash,
+        "popt_jax_version": _version(),
+        "preprocess_config": json.dumps(_preprocess_json(cfg), sort_keys=True),
+    }
+    written: list[Path] = []
+    counts = {"computed_windows": 0, "computed_electrode_windows": 0, "skipped_files": 0}
+    for s in subjects:
+        trial_list = ([trial_id(t) for t in trials[s]] if trials and s in trials
+                      else bt.trials(s))
+        for t in trial_list:
+            path = feature_path(out_dir, s, t)
+            extraction = {
+                "tasks": list(tasks), "max_windows": max_windows,
+                "storage_dtype": storage_dtype, "compute_dtype": str(jnp.dtype(compute_dtype)),
+                "requested_electrodes": list(chosen[s]),
+            }
+            want = {**base, "preprocess_config": _preprocess_json(cfg),
+                    "extraction": extraction}
+            if path.exists():
+                _check_existing(path, want)
+                logging.info("%s: already extracted with the same settings; skipped", path)
+                counts["skipped_files"] += 1
+                written.append(path)
+                continue
+            attrs = {**base, "extraction": json.dumps(extraction, sort_keys=True)}
+            n = _write_trial(bt, model, s, t, chosen[s], path, attrs, cfg=cfg, tasks=tasks,
+                             batch_windows=batch_windows, compute_dtype=compute_dtype,
+                             storage_dtype=storage_dtype, max_windows=max_windows,
+                             chunk=chunk, progress_every_s=progress_every_s)
+            n_e = len(read_attrs(path)["electrode_names"])
+            counts["computed_windows"] += n
+            counts["computed_electrode_windows"] += n * n_e
+            written.append(path)
+    return written, counts
+
+
+def extract_features(root: str | os.PathLike, out_dir: str | os.PathLike, *,
+                     checkpoint_hash: str, subjects: Sequence[int | str] | None = None,
+                     trials: Mapping[str, Sequence[int | str]] | None = None,
+                     selection: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
+                     brainbert: models.BrainBERT | None = None,
+                     preprocess_cfg: pp.PreprocessConfig | None = None,
+                     tasks: Sequence[str] = DEFAULT_TASKS, batch_windows: int = 32,
+                     compute_dtype=jnp.float32, storage_dtype: str = "float32",
+                     max_windows: int | None = None, seed: int = 0, chunk: int | None = None,
+                     progress_every_s: float = 5.0) -> list[Path]:
+    """Embed every subject-trial's windows with BrainBERT into one HDF5 file each.
+
+    Args:
+        root: Brain Treebank root folder.
+        out_dir: where ``sub_{S}_trial{TTT}.h5`` files go (created).
+        checkpoint_hash: identifies the BrainBERT weights (sha256 of the checkpoint file, or
+            ``random-seed-...``); stored and compared on reruns.
+        subjects: subject ids (default: every subject with a recording).
+        trials: optional {subject: [trials]} (default: every trial of each subject).
+        selection: electrode selection: a JSON path or {subject: [names]}; default every
+            localized electrode (with both shaft neighbours under a Laplacian).
+        brainbert: the model; None builds a full-size one with seeded random weights (logged).
+        preprocess_cfg: front-end settings (data layer `PreprocessConfig`; None = defaults).
+        tasks: groups to write: "pretrain" and/or the four decoding tasks.
+        batch_windows: windows per device call (all electrodes of a window go together); the
+            last batch is padded so one compiled shape serves a whole subject.
+        compute_dtype: BrainBERT compute dtype (float32 for parity, bfloat16 on GPUs/TPUs).
+        storage_dtype: "float32" or "float16" embeddings on disk.
+        max_windows: cap per group and trial (None = all): the first pretraining windows,
+            and a seeded class-balanced subset of each task's examples.
+        seed: random-weights seed when ``brainbert`` is None.
+        chunk: passed to `models.brainbert_embed` (None = the whole batch at once).
+        progress_every_s: seconds between progress lines.
+
+    Returns:
+        Paths of the finished files (new and skipped), subject then trial order.
+
+    Raises:
+        DataError: bad input files, or an existing file made with other settings.
+    """
+    paths, _ = _extract(
+        root, out_dir, checkpoint_hash=checkpoint_hash, subjects=subjects, trials=trials,
+        selection=selection, brainbert=brainbert, preprocess_cfg=preprocess_cfg, tasks=tasks,
+        batch_windows=batch_windows, compute_dtype=compute_dtype, storage_dtype=storage_dtype,
+        max_windows=max_windows, seed=seed, chunk=chunk, progress_every_s=progress_every_s)
+    return paths
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def preprocess_config_from(config) -> pp.PreprocessConfig:
+    """`PreprocessConfig` from a ConfigDict/dict section (lists become tuples)."""
+    fields = {f.name for f in dataclasses.fields(pp.PreprocessConfig)}
+    values = dict(config)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown preprocess field(s): {', '.join(unknown)}")
+    return pp.PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in values.items()})
+
+
+def brainbert_from_config(config) -> tuple[models.BrainBERT, str]:
+    """(model, checkpoint hash) from ``config.brainbert_checkpoint`` or the random fallback."""
+    from popt_jax import convert  # only this path needs the checkpoint readers
+
+    path = config.get("brainbert_checkpoint") or ""
+    if path:
+        return convert.load_brainbert(path), file_sha256(path)
+    arch = dict(config.get("brainbert") or {})
+    cfg = models.BrainBERTConfig(**arch)
+    tag = "-".join(f"{k}{getattr(cfg, k)}" for k in ("hidden_dim", "n_layers", "n_heads",
+                                                       "ff_dim"))
+    return random_brainbert(cfg, seed=config.seed), f"random-seed-{config.seed}/{tag}"
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def synthetic_root(config, workdir: str | os.PathLike) -> Path:
+    """``{workdir}/synthetic_braintreebank``, written on first use (atomically) and reused."""
+    from popt_jax.data.synthetic import write_synthetic_braintreebank
+
+    root = Path(workdir) / "synthetic_braintreebank"
+    if (root / "synthetic_truth.json").exists():
+        logging.info("reusing the synthetic Brain Treebank at %s", root)
+        return root
+    syn = dict(config.data.synthetic)
+    if "contacts" in syn:
+        syn["contacts"] = tuple(syn["contacts"])
+    tmp = root.with_name(root.name + ".tmp")
+    logging.info("writing a synthetic Brain Treebank to %s (%s)", root, syn)
+    write_synthetic_braintreebank(tmp, **syn)
+    os.replace(tmp, root)
+    return root
+
+
+def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
+    """The ``extract_features`` job: features of ``config.data`` into ``{workdir}/features``.
+
+    Empty ``config.data.root`` uses (and on first use writes) a synthetic Brain Treebank under
+    the workdir. Writes ``{workdir}/results.json`` and returns the same summary.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if config.data.root:
+        root = Path(config.data.root)
+        selection = config.data.selection or None
+    else:
+        root = synthetic_root(config, workdir)
+        selection = (config.data.selection
+                     or root / "electrode_selections" / "clean_laplacian.json")
+    model, ckpt_hash = brainbert_from_config(config)
+    out_dir = workdir / "features"
+    paths, counts = _extract(
+        root, out_dir, checkpoint_hash=ckpt_hash, subjects=list(config.data.subjects) or None,
+        selection=selection, brainbert=model, preprocess_cfg=preprocess_config_from(
+            config.preprocess), tasks=tuple(config.tasks), batch_windows=config.batch_windows,
+        compute_dtype=jnp.dtype(config.compute_dtype), storage_dtype=config.storage_dtype,
+        max_windows=None if config.max_windows is None or config.max_windows < 0
+        else config.max_windows, seed=config.seed, chunk=config.get("chunk"),
+        progress_every_s=config.get("progress_every_s", 5.0))
+    seconds = time.perf_counter() - t0
+    windows: dict[str, int] = {}
+    electrodes: dict[str, int] = {}
+    for p in paths:
+        meta = read_attrs(p)
+        electrodes[p.name] = len(meta["electrode_names"])
+        for g, n in meta["groups"].items():
+            windows[g] = windows.get(g, 0) + n
+    summary = {
+        "files": [str(p) for p in paths], "root": str(root), "checkpoint_hash": ckpt_hash,
+        "windows": windows, "electrodes": electrodes, "seconds": round(seconds, 3),
+        "computed_windows": counts["computed_windows"],
+        "skipped_files": counts["skipped_files"],
+        "windows_per_s": round(counts["computed_windows"] / seconds, 3),
+        "electrode_windows_per_s": round(counts["computed_electrode_windows"] / seconds, 3),
+        "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+    }
+    _atomic_json(workdir / "results.json", summary)
+    logging.info("extracted %d windows (%d files, %d skipped) in %.1f s: %.1f windows/s",
+                 counts["computed_windows"], len(paths), counts["skipped_files"], seconds,
+                 summary["windows_per_s"])
+    return summary
