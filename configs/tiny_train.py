@@ -1,0 +1,47 @@
+"""Tiny pretraining / fine-tuning runs for tests: the tiny feature store, a 1-layer PopT.
+
+    python -m popt_jax.main --config configs/tiny_train.py:pretrain --workdir /tmp/tiny_pre
+    python -m popt_jax.main --config configs/tiny_train.py:finetune --workdir /tmp/tiny_ft
+
+Features come from `configs/tiny.py` (one short synthetic subject, a 1-layer BrainBERT);
+a few steps of each job, checkpointing twice, on random splits.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+
+def _load(name):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"popt_jax_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _shrink(config: config_dict.ConfigDict) -> None:
+    config.features = _load("tiny").get_config()
+    config.model.hidden_dim = 32
+    config.model.n_heads = 2
+    config.model.ff_dim = 64
+    config.model.n_layers = 1
+    config.total_steps = 6
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.log_every = 1
+    config.eval_every = 3
+    # A 40 s recording is too short for purged time blocks (windows last 5 s).
+    config.data.split = "random"
+
+
+def get_config(arg: str = "pretrain") -> config_dict.ConfigDict:
+    """Args: arg: 'pretrain' or 'finetune'."""
+    if arg not in ("pretrain", "finetune"):
+        raise ValueError(f"configs/tiny_train.py takes ':pretrain' or ':finetune', got {arg!r}")
+    config = _load(arg).get_config()
+    _shrink(config)
+    if arg == "finetune":
+        _shrink(config.pretrain)
+    return config
