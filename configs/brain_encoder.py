@@ -1,0 +1,85 @@
+"""Transformer brain encoder (Adeli, Sun & Kriegeskorte) on Algonauts 2023 data.
+
+    # CPU default (< 5 min on 2 cores): a synthetic subject written under the workdir and a
+    # small randomly initialised DINOv2-like backbone -- it checks the plumbing, not the science.
+    python -m popt_jax.main --config configs/brain_encoder.py --workdir runs/brain_encoder
+
+    # The real run: NSD subject 1 with the torch-hub DINOv2 ViT-B/14 weights (GPU advised).
+    python -m popt_jax.main --config configs/brain_encoder.py --workdir runs/subj01 \\
+        --config.data.root=/data/algonauts_2023_challenge_data --config.subject=1 \\
+        --config.backbone_checkpoint=/ckpt/dinov2_vitb14_pretrain.pth
+
+With a checkpoint the backbone's size comes from the file (and must be `backbone.expect`); the
+`backbone.*` sizes below only shape the random stand-in. Outputs: `results.json`,
+`metrics.jsonl`, `tensorboard/`, `checkpoints/`, `features/*.h5`, `predictions/`,
+`submission/subjXX/{lh,rh}_pred_test.npy`, `submission_ridge/`, `figures/*.png`.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+    config.job = "brain_encoder"
+    config.workdir = ""  # default: runs/brain_encoder (or --workdir)
+    config.seed = 0  # model init, 90/10 split, epoch order, dropout
+    config.subject = 1  # NSD subject 1-8 (folder subjXX)
+    config.num_devices = 0  # 0 = all devices in the data mesh
+
+    config.data = config_dict.ConfigDict()
+    config.data.root = ""  # Algonauts 2023 challenge data folder; "" = synthetic subject
+    config.data.synthetic = config_dict.ConfigDict()
+    config.data.synthetic.n_train = 300  # training images (with fMRI)
+    config.data.synthetic.n_test = 40  # test images (no fMRI)
+    config.data.synthetic.image_size = 112  # pixels; 112 = 8 x 14-pixel patches
+    config.data.synthetic.lh_vertices = 320  # left-hemisphere vertices
+    config.data.synthetic.rh_vertices = 300  # right-hemisphere vertices
+    config.data.synthetic.snr_min = 0.5  # per-vertex signal/noise variance, drawn uniformly
+    config.data.synthetic.snr_max = 2.0
+    config.data.synthetic.plant = True  # False: responses are pure noise (a null check)
+    config.data.synthetic.seed = 0
+
+    config.backbone_checkpoint = ""  # torch-hub .pth or Hugging Face dinov2 folder/safetensors
+    config.backbone = config_dict.ConfigDict()
+    config.backbone.expect = "vitb14"  # a checkpoint must be this size ("" = any)
+    # The random stand-in used without a checkpoint (DINOv2 layout, much smaller than ViT-B):
+    config.backbone.patch_size = 14
+    config.backbone.embed_dim = 96  # = the decoder width (features are not projected)
+    config.backbone.depth = 4
+    config.backbone.num_heads = 4
+    config.backbone.mlp_ratio = 4.0
+    config.backbone.pretrain_grid = 6  # != the 8x8 input grid, so the bicubic resize runs
+    config.backbone.seed = 0
+
+    config.features = config_dict.ConfigDict()
+    config.features.kind = "dinov2_q"  # "dinov2_q" (attention queries) or "dinov2" (tokens)
+    config.features.block = -1  # which backbone block (-1 = last)
+    config.features.batch_size = 16  # images per extraction call
+    config.features.compute_dtype = "float32"  # or "bfloat16" (accelerators)
+    config.features.max_memory_gb = 4.0  # cached features kept in RAM below this size
+
+    config.model = config_dict.ConfigDict()
+    config.model.readout = "rois_all"  # "rois_all", "hemis" or "voxels"
+    config.model.n_heads = 16  # cross-attention heads
+    config.model.ff_dim = 1024  # FFN width
+    config.model.dropout = 0.1
+
+    config.train = config_dict.ConfigDict()
+    config.train.lr = 5e-4  # AdamW
+    config.train.weight_decay = 1e-4
+    config.train.batch_size = 16
+    config.train.epochs = 15
+    config.train.grad_clip = 0.1  # global-norm clipping (0 = off)
+    config.train.lr_drop = 100  # StepLR period in epochs (upstream's default: no drop in 15)
+    config.train.lr_gamma = 0.5  # StepLR factor
+    config.train.val_fraction = 0.1  # 90/10 split of the training images
+    config.train.log_every = 20  # steps between progress lines
+    config.train.keep_checkpoints = 2  # latest checkpoints kept (plus the best)
+
+    config.eval = config_dict.ConfigDict()
+    config.eval.batch_size = 64  # images per prediction call
+    config.eval.ridge_features = "pooled"  # ridge baseline on "pooled" (mean over grid) or "flat"
+    config.eval.attention_rois = "V1v,hV4,FFA-1,PPA,EBA,VWFA-1"  # queries drawn on images
+    config.eval.attention_hemi = "lh"
+    config.eval.n_attention_images = 3  # validation images with attention figures
+    return config

@@ -1,0 +1,352 @@
+"""The transformer brain encoder's decoder and readout (Adeli, Sun & Kriegeskorte) in NNX.
+
+Input: a frozen backbone's feature grid [B, D, H, W] (DINOv2 `dinov2_q`: [B, 768, 31, 31]),
+which is the decoder's memory as is (upstream runs 0 encoder layers). Per SPEC section 4:
+
+* position code: DETR's 2-D sine embedding, D/2 features per axis (384 for D = 768), with
+  normalised cumulative coordinates (scale 2*pi, eps 1e-6), temperature 10000, y then x, and
+  sin/cos interleaved within each axis;
+* queries: one learned embedding per ROI query (`rois_all`: every named ROI of the five query
+  families + one "Unknown" per hemisphere, left hemisphere first);
+* ONE pre-norm decoder layer without self-attention, starting from t = 0:
+  t += CrossAttn(LN1(t) + query_pos, memory + pos, memory); t += FFN(LN3(t)) (ReLU);
+  then a final LayerNorm. Dropout on the attention weights and after each branch;
+* readout per hemisphere: Linear(D -> n_vertices) applied to each of the hemisphere's query
+  tokens, and vertex v's prediction = sum_q mask[q, v] * out[q, v].
+
+Readout modes as upstream offers them for this decoder (`readout_res`):
+
+* `rois_all`: as above;
+* `hemis`: two queries; the left Linear reads query 0, the right one query 1; no masks;
+* `voxels`: one query per vertex (left vertices first); vertex v reads only its own query
+  (upstream takes the diagonal of Linear(all queries)); no masks.
+
+Initialisation follows upstream: Xavier-uniform for every matrix of the decoder (the q/k/v
+bound computed on the packed [3D, D] matrix, as `nn.MultiheadAttention` holds it), zero
+attention biases, PyTorch defaults for FFN biases, LayerNorms and the readout Linears, N(0, 1)
+query embeddings. `from_torch_state_dict` loads an upstream `brain_encoder` state_dict (the
+unused `self_attn`, `norm2` and `memory_proj` tensors are accepted and ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from popt_jax.models import Buffer
+
+__all__ = ["BrainEncoderConfig", "BrainEncoder", "sine_position_code", "from_torch_state_dict",
+           "to_torch_state_dict", "READOUTS"]
+
+READOUTS = ("rois_all", "hemis", "voxels")
+LN_EPS = 1e-5  # torch's LayerNorm default (upstream does not change it)
+
+
+@dataclasses.dataclass(frozen=True)
+class BrainEncoderConfig:
+    """Decoder sizes; defaults are upstream's (d 768, 16 heads, FFN 1024, dropout 0.1).
+
+    Attributes:
+      hidden_dim: token width; must equal the feature channels (no input projection).
+      n_heads: cross-attention heads.
+      ff_dim: FFN hidden width.
+      dropout: on attention weights and after each residual branch (training only).
+      readout: 'rois_all', 'hemis' or 'voxels'.
+      lh_vertices, rh_vertices: vertices per hemisphere.
+      lh_queries, rh_queries: queries per hemisphere (rois_all: mask rows; hemis: 1 each;
+        voxels: = the vertex counts).
+      temperature: of the sine position code.
+    """
+
+    hidden_dim: int = 768
+    n_heads: int = 16
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    readout: str = "rois_all"
+    lh_vertices: int = 0
+    rh_vertices: int = 0
+    lh_queries: int = 0
+    rh_queries: int = 0
+    temperature: float = 10000.0
+
+    def __post_init__(self):
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.hidden_dim % self.n_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by "
+                             f"{self.n_heads} heads")
+        if self.hidden_dim % 2:
+            raise ValueError("hidden_dim must be even (half per axis for the position code)")
+
+    @property
+    def n_queries(self) -> int:
+        return self.lh_queries + self.rh_queries
+
+
+def sine_position_code(h: int, w: int, dim: int, temperature: float = 10000.0,
+                       scale: float = 2 * math.pi, eps: float = 1e-6) -> np.ndarray:
+    """DETR sine position code of an unpadded h x w grid -> float32 [h*w, dim] (row-major).
+
+    The first dim/2 channels encode y, the rest x; within an axis channel 2i is
+    sin(c / T^(2i/(dim/2))) and 2i+1 is cos of the same argument, with c the 1-based cumulative
+    coordinate normalised to (0, 2*pi].
+    """
+    npf = dim // 2
+    y = np.arange(1, h + 1, dtype=np.float32)[:, None].repeat(w, 1)
+    x = np.arange(1, w + 1, dtype=np.float32)[None, :].repeat(h, 0)
+    y = y / (np.float32(h) + np.float32(eps)) * np.float32(scale)
+    x = x / (np.float32(w) + np.float32(eps)) * np.float32(scale)
+    i = np.arange(npf, dtype=np.float32)
+    freq = np.float32(temperature) ** (2 * (i // 2) / np.float32(npf))
+
+    def axis(c):
+        a = c[..., None] / freq
+        return np.where(np.arange(npf) % 2 == 0, np.sin(a), np.cos(a)).astype(np.float32)
+
+    return np.concatenate([axis(y), axis(x)], -1).reshape(h * w, dim)
+
+
+class _Init:
+    """Initial weights drawn with numpy from a seed taken from `rngs`.
+
+    XLA compiles every distinct `jax.random` call (shape) on its own, about half a second each
+    on a CPU, which dominated building the model; numpy draws cost nothing and stay seeded.
+    """
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.rng = np.random.default_rng(np.asarray(jax.random.key_data(rngs.params())))
+
+    def uniform(self, bound: float):
+        return lambda key, shape, dtype=jnp.float32: jnp.asarray(
+            self.rng.uniform(-bound, bound, shape), dtype)
+
+    def xavier(self, fan_in: int, fan_out: int):
+        return self.uniform(math.sqrt(6.0 / (fan_in + fan_out)))
+
+    def torch_default(self, fan_in: int):
+        """nn.Linear's default for weights and biases: U(+-1/sqrt(fan_in))."""
+        return self.uniform(1.0 / math.sqrt(fan_in))
+
+    @staticmethod
+    def zeros(key, shape, dtype=jnp.float32):
+        return jnp.zeros(shape, dtype)
+
+
+def _linear(d_in, d_out, rngs, *, kernel_init, bias_init, dtype=None) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, rngs=rngs, dtype=dtype, kernel_init=kernel_init,
+                      bias_init=bias_init)
+
+
+class CrossAttention(nnx.Module):
+    """`nn.MultiheadAttention` numerics for query != key != value; head-averaged weights."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, *, rngs: nnx.Rngs,
+                 init: _Init, dtype=None):
+        self.n_heads = n_heads
+        packed = init.xavier(dim, 3 * dim)  # torch initialises the packed [3d, d] in_proj
+        zeros = init.zeros
+        self.query = _linear(dim, dim, rngs, kernel_init=packed, bias_init=zeros, dtype=dtype)
+        self.key = _linear(dim, dim, rngs, kernel_init=packed, bias_init=zeros, dtype=dtype)
+        self.value = _linear(dim, dim, rngs, kernel_init=packed, bias_init=zeros, dtype=dtype)
+        self.out = _linear(dim, dim, rngs, kernel_init=init.xavier(dim, dim), bias_init=zeros,
+                           dtype=dtype)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, q_in, k_in, v_in, *, deterministic: bool):
+        """[B, Q, d], [B, K, d], [B, K, d] -> (out [B, Q, d], weights [B, Q, K])."""
+        b, nq, d = q_in.shape
+        nk = k_in.shape[1]
+        hd = d // self.n_heads
+        q = self.query(q_in).reshape(b, nq, self.n_heads, hd) * (1.0 / math.sqrt(hd))
+        k = self.key(k_in).reshape(b, nk, self.n_heads, hd)
+        v = self.value(v_in).reshape(b, nk, self.n_heads, hd)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        weights = jax.nn.softmax(logits, axis=-1)
+        dropped = self.dropout(weights, deterministic=deterministic).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", dropped, v).reshape(b, nq, d)
+        return self.out(out), weights.mean(axis=1)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm cross-attention + FFN layer (upstream's decoder layer with self-attention off)."""
+
+    def __init__(self, cfg: BrainEncoderConfig, *, rngs: nnx.Rngs, init: _Init, dtype=None):
+        d, f = cfg.hidden_dim, cfg.ff_dim
+        self.norm1 = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs, dtype=dtype)
+        self.cross_attn = CrossAttention(d, cfg.n_heads, cfg.dropout, rngs=rngs, init=init,
+                                         dtype=dtype)
+        self.norm3 = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs, dtype=dtype)
+        self.linear1 = _linear(d, f, rngs, kernel_init=init.xavier(d, f),
+                               bias_init=init.torch_default(d), dtype=dtype)
+        self.linear2 = _linear(f, d, rngs, kernel_init=init.xavier(f, d),
+                               bias_init=init.torch_default(f), dtype=dtype)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)   # inside the FFN
+        self.dropout2 = nnx.Dropout(cfg.dropout, rngs=rngs)  # after cross-attention
+        self.dropout3 = nnx.Dropout(cfg.dropout, rngs=rngs)  # after the FFN
+
+    def __call__(self, t, memory, pos, query_pos, *, deterministic: bool):
+        a, weights = self.cross_attn(self.norm1(t) + query_pos, memory + pos, memory,
+                                     deterministic=deterministic)
+        t = t + self.dropout2(a, deterministic=deterministic)
+        h = jax.nn.relu(self.linear1(self.norm3(t)))
+        h = self.linear2(self.dropout(h, deterministic=deterministic))
+        return t + self.dropout3(h, deterministic=deterministic), weights
+
+
+class BrainEncoder(nnx.Module):
+    """Queries -> one decoder layer over the feature grid -> per-hemisphere vertex predictions.
+
+    Args:
+      cfg: sizes and readout mode.
+      lh_masks, rh_masks: `rois_all` readout masks [queries, vertices] (0/1), stored with the
+        model as non-trainable buffers; None for `hemis`/`voxels`.
+    """
+
+    def __init__(self, cfg: BrainEncoderConfig, lh_masks: np.ndarray | None = None,
+                 rh_masks: np.ndarray | None = None, *, rngs: nnx.Rngs, dtype=None):
+        self.config = cfg
+        if cfg.readout == "rois_all":
+            for name, m, q, v in (("lh", lh_masks, cfg.lh_queries, cfg.lh_vertices),
+                                  ("rh", rh_masks, cfg.rh_queries, cfg.rh_vertices)):
+                if m is None or tuple(m.shape) != (q, v):
+                    got = None if m is None else tuple(m.shape)
+                    raise ValueError(f"rois_all needs {name} masks of shape ({q}, {v}), "
+                                     f"got {got}")
+            self.lh_masks = Buffer(jnp.asarray(lh_masks, jnp.float32))
+            self.rh_masks = Buffer(jnp.asarray(rh_masks, jnp.float32))
+        elif cfg.readout == "hemis" and (cfg.lh_queries, cfg.rh_queries) != (1, 1):
+            raise ValueError("the hemis readout has one query per hemisphere")
+        elif cfg.readout == "voxels" and (cfg.lh_queries, cfg.rh_queries) != (
+                cfg.lh_vertices, cfg.rh_vertices):
+            raise ValueError("the voxels readout has one query per vertex")
+        d = cfg.hidden_dim
+        init = _Init(rngs)
+        self.query_embed = nnx.Param(jnp.asarray(init.rng.standard_normal((cfg.n_queries, d)),
+                                                 jnp.float32))
+        self.layer = DecoderLayer(cfg, rngs=rngs, init=init, dtype=dtype)
+        self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs, dtype=dtype)
+        self.lh_embed = _linear(d, cfg.lh_vertices, rngs, kernel_init=init.torch_default(d),
+                                bias_init=init.torch_default(d), dtype=dtype)
+        self.rh_embed = _linear(d, cfg.rh_vertices, rngs, kernel_init=init.torch_default(d),
+                                bias_init=init.torch_default(d), dtype=dtype)
+
+    def decode(self, features, *, deterministic: bool = True):
+        """features [B, D, H, W] -> (query tokens [B, Q, D], attention [B, Q, H*W])."""
+        b, d, h, w = features.shape
+        if d != self.config.hidden_dim:
+            raise ValueError(f"features have {d} channels, the decoder expects "
+                             f"{self.config.hidden_dim}")
+        memory = features.reshape(b, d, h * w).transpose(0, 2, 1)
+        pos = jnp.asarray(sine_position_code(h, w, d, self.config.temperature), memory.dtype)
+        query_pos = jnp.broadcast_to(self.query_embed.value.astype(memory.dtype),
+                                     (b, self.config.n_queries, d))
+        t = jnp.zeros_like(query_pos)
+        t, weights = self.layer(t, memory, pos[None], query_pos, deterministic=deterministic)
+        return self.norm(t), weights
+
+    def readout(self, tokens):
+        """Query tokens [B, Q, D] -> (lh [B, lh_vertices], rh [B, rh_vertices])."""
+        cfg = self.config
+        lh_t, rh_t = tokens[:, :cfg.lh_queries], tokens[:, cfg.lh_queries:]
+        if cfg.readout == "hemis":
+            return self.lh_embed(lh_t[:, 0]), self.rh_embed(rh_t[:, 0])
+
+        def per_hemi(t, layer: nnx.Linear, masks):
+            kernel = layer.kernel.value.astype(t.dtype)
+            bias = layer.bias.value.astype(t.dtype)
+            if cfg.readout == "voxels":  # vertex v reads its own query only
+                return jnp.einsum("bvd,dv->bv", t, kernel) + bias
+            out = jnp.einsum("bqd,dv->bqv", t, kernel) + bias
+            return jnp.einsum("bqv,qv->bv", out, masks.value.astype(t.dtype))
+
+        lh = per_hemi(lh_t, self.lh_embed, getattr(self, "lh_masks", None))
+        rh = per_hemi(rh_t, self.rh_embed, getattr(self, "rh_masks", None))
+        return lh, rh
+
+    def __call__(self, features, *, deterministic: bool = True) -> dict[str, jax.Array]:
+        """features [B, D, H, W] -> {'lh', 'rh' (vertex predictions), 'attention' [B, Q, H*W]
+        (cross-attention weights averaged over heads), 'tokens' [B, Q, D]}."""
+        tokens, weights = self.decode(features, deterministic=deterministic)
+        lh, rh = self.readout(tokens)
+        return {"lh": lh, "rh": rh, "attention": weights, "tokens": tokens}
+
+
+# --------------------------------------------------------------------------------------------
+# Upstream (PyTorch) state_dict <-> NNX
+# --------------------------------------------------------------------------------------------
+
+_PREFIX = "transformer.decoder.layers.0."
+_UNUSED = ("transformer.memory_proj.", _PREFIX + "self_attn.", _PREFIX + "norm2.")
+
+
+def _torch_names(model: BrainEncoder) -> dict[str, tuple[Any, str, int]]:
+    """torch key -> (NNX Variable, 'T' if transposed, part of a packed q/k/v tensor).
+
+    Keys of q/k/v carry '#i': they are slices i of the packed `in_proj_*` tensors.
+    """
+    layer, attn = model.layer, model.layer.cross_attn
+    names: dict[str, tuple[Any, str, int]] = {"query_embed.weight": (model.query_embed, "", 0)}
+    for tname, mod in (("norm1", layer.norm1), ("norm3", layer.norm3)):
+        names[f"{_PREFIX}{tname}.weight"] = (mod.scale, "", 0)
+        names[f"{_PREFIX}{tname}.bias"] = (mod.bias, "", 0)
+    for tname, mod in (("linear1", layer.linear1), ("linear2", layer.linear2),
+                       ("multihead_attn.out_proj", attn.out)):
+        names[f"{_PREFIX}{tname}.weight"] = (mod.kernel, "T", 0)
+        names[f"{_PREFIX}{tname}.bias"] = (mod.bias, "", 0)
+    for i, mod in enumerate((attn.query, attn.key, attn.value)):
+        names[f"{_PREFIX}multihead_attn.in_proj_weight#{i}"] = (mod.kernel, "T", i)
+        names[f"{_PREFIX}multihead_attn.in_proj_bias#{i}"] = (mod.bias, "", i)
+    names["transformer.decoder.norm.weight"] = (model.norm.scale, "", 0)
+    names["transformer.decoder.norm.bias"] = (model.norm.bias, "", 0)
+    for hemi, mod in (("lh", model.lh_embed), ("rh", model.rh_embed)):
+        names[f"{hemi}_embed.0.weight"] = (mod.kernel, "T", 0)
+        names[f"{hemi}_embed.0.bias"] = (mod.bias, "", 0)
+    return names
+
+
+def to_torch_state_dict(model: BrainEncoder) -> dict[str, np.ndarray]:
+    """Upstream-layout state_dict (decoder + readout; no backbone, no unused tensors)."""
+    sd: dict[str, np.ndarray] = {}
+    packed: dict[str, list] = {}
+    for key, (var, how, i) in _torch_names(model).items():
+        a = np.asarray(var.value, np.float32)
+        a = a.T if how == "T" else a
+        if "#" in key:
+            packed.setdefault(key.split("#")[0], [None] * 3)[i] = a
+        else:
+            sd[key] = a
+    for key, parts in packed.items():
+        sd[key] = np.concatenate(parts, axis=0)
+    return sd
+
+
+def from_torch_state_dict(model: BrainEncoder, sd: dict[str, Any]) -> BrainEncoder:
+    """Copies an upstream `brain_encoder` state_dict into `model` (in place), strictly.
+
+    `backbone_model.*` and the tensors upstream creates but never uses in this path are
+    skipped; anything else missing, unexpected or mis-shaped raises ValueError (one line).
+    """
+    sd = {k: np.asarray(v, np.float32) for k, v in sd.items()
+          if not k.startswith(("backbone_model.",) + _UNUSED)}
+    want = to_torch_state_dict(model)
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    wrong = [f"{k} {sd[k].shape} vs {want[k].shape}" for k in sorted(set(want) & set(sd))
+             if sd[k].shape != want[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError("state_dict does not fit the brain encoder (missing: "
+                         f"{missing[:6]}; unexpected: {unexpected[:6]}; shapes: {wrong[:4]})")
+    for key, (var, how, i) in _torch_names(model).items():
+        base = key.split("#")[0]
+        a = sd[base]
+        if "#" in key:
+            n = a.shape[0] // 3
+            a = a[i * n:(i + 1) * n]
+        var.value = jnp.asarray(a.T if how == "T" else a)
+    return model
