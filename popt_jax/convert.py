@@ -33,7 +33,7 @@ from absl import logging
 from flax import nnx
 
 from popt_jax import torch_pickle
-from popt_jax.models import Buffer, BrainBERT, BrainBERTConfig, PopT, PopTClassifier, PopTConfig
+from popt_jax.models import BrainBERT, BrainBERTConfig, Buffer, PopT, PopTClassifier, PopTConfig
 
 __all__ = [
     "ConversionError",
