@@ -19,18 +19,14 @@ gamma 0.95 instead of 0.99, the random split and the published PopT sizes (which
 `init_checkpoint` brings anyway: the architecture always comes from the checkpoint).
 """
 
-import importlib.util
-import os
 
 from ml_collections import config_dict
 
+from popt_jax.config_lib import load_sibling_config
+
 
 def _load(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"popt_jax_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_sibling_config(__file__, name)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:

@@ -20,19 +20,14 @@ published `model.*` sizes (hidden 512, 8 heads, FFN 2048, 6 layers), plus paper 
 (eval batch 256, validation fraction 0.01, log/validate every 1000 steps).
 """
 
-import importlib.util
-import os
 
 from ml_collections import config_dict
 
+from popt_jax.config_lib import load_sibling_config
+
 
 def _load(name):
-    """A sibling config module (configs/ is not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"popt_jax_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_sibling_config(__file__, name)
 
 
 def model_config(size: str = "small") -> config_dict.ConfigDict:

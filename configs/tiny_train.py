@@ -7,18 +7,14 @@ Features come from `configs/tiny.py` (one short synthetic subject, a 1-layer Bra
 a few steps of each job, checkpointing twice, on random splits.
 """
 
-import importlib.util
-import os
 
 from ml_collections import config_dict
 
+from popt_jax.config_lib import load_sibling_config
+
 
 def _load(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"popt_jax_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_sibling_config(__file__, name)
 
 
 def _shrink(config: config_dict.ConfigDict) -> None:
