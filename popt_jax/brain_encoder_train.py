@@ -43,7 +43,8 @@ from popt_jax import brain_eval, brain_features, convert, dinov2
 from popt_jax import train_lib as tl
 from popt_jax.brain_encoder import BrainEncoder, BrainEncoderConfig
 from popt_jax.data import algonauts, synthetic_algonauts
-from popt_jax.train import Checkpoints, Logs, atomic_json
+from popt_jax.jsonio import atomic_json
+from popt_jax.train import Checkpoints, Logs
 from popt_jax.train_lib import TrainingError
 
 __all__ = ["brain_encoder_job", "synthetic_root", "build_backbone", "split_indices",

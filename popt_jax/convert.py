@@ -33,6 +33,7 @@ from absl import logging
 from flax import nnx
 
 from popt_jax import torch_pickle
+from popt_jax.jsonio import atomic_json
 from popt_jax.models import BrainBERT, BrainBERTConfig, Buffer, PopT, PopTClassifier, PopTConfig
 
 __all__ = [
@@ -415,11 +416,8 @@ def export_safetensors(model: nnx.Module, path: str) -> dict[str, np.ndarray]:
     os.makedirs(folder, exist_ok=True)
     torch_pickle.save_safetensors(sd, path, metadata={"format": "pt", "popt_jax_kind":
                                                       model_kind(model)})
-    cfg_path = os.path.join(folder, "config.json")
-    tmp = cfg_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"popt_jax_kind": model_kind(model), "model_cfg": cfg}, f, indent=2)
-    os.replace(tmp, cfg_path)
+    atomic_json(os.path.join(folder, "config.json"),
+                {"popt_jax_kind": model_kind(model), "model_cfg": cfg}, indent=2)
     return sd
 
 

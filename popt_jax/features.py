@@ -62,6 +62,7 @@ from popt_jax.data.braintreebank import (
     subject_id,
     trial_id,
 )
+from popt_jax.jsonio import atomic_json
 
 __all__ = [
     "FORMAT", "DEFAULT_TASKS", "FINETUNE_TASKS", "extract_features", "extract_features_job",
@@ -589,12 +590,6 @@ def brainbert_from_config(config) -> tuple[models.BrainBERT, str]:
     return random_brainbert(cfg, seed=config.seed), f"random-seed-{config.seed}/{tag}"
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def synthetic_root(config, workdir: str | os.PathLike) -> Path:
     """``{workdir}/synthetic_braintreebank``, written on first use (atomically) and reused."""
     from popt_jax.data.synthetic import write_synthetic_braintreebank
@@ -656,7 +651,7 @@ def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
         "electrode_windows_per_s": round(counts["computed_electrode_windows"] / seconds, 3),
         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
     }
-    _atomic_json(workdir / "results.json", summary)
+    atomic_json(workdir / "results.json", summary)
     logging.info("extracted %d windows (%d files, %d skipped) in %.1f s: %.1f windows/s",
                  counts["computed_windows"], len(paths), counts["skipped_files"], seconds,
                  summary["windows_per_s"])

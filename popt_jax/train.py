@@ -50,6 +50,7 @@ from flax import nnx
 
 from popt_jax import convert, models, tb_writer
 from popt_jax import train_lib as tl
+from popt_jax.jsonio import atomic_json
 from popt_jax.train_lib import FINETUNE, PRETRAIN, TrainingError
 
 CHECKPOINT_FORMAT = "popt_jax.train/1"
@@ -306,23 +307,6 @@ def _hms(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def atomic_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _check_finite(values: dict[str, float], step: int, what: str, last_ckpt) -> None:

@@ -20,7 +20,7 @@ import optax
 import pytest
 from flax import nnx
 
-from popt_jax import models, tb_writer, train
+from popt_jax import jsonio, models, tb_writer, train
 from popt_jax import train_lib as tl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -548,7 +548,7 @@ def test_tiny_jobs_end_to_end(tiny_finetune):
     assert set(pre_results["test"]) == {"loss", "cls_loss", "token_loss", "cls_accuracy",
                                         "token_accuracy"}
     ft = json.load(open(workdir / "results.json"))
-    assert ft == json.loads(json.dumps(results, default=train._json_default))
+    assert ft == json.loads(json.dumps(results, default=jsonio._json_default))
     assert ft["task"] == "finetune" and ft["model"] == pre_results["model"]
     assert set(ft["test"]) == {"loss", "accuracy", "roc_auc", "f1"}
     assert len(ft["predictions"]) == len(ft["labels"]) == len(ft["example_ids"]) > 0
