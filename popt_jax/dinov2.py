@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from popt_jax.models import cast_floats
+
 __all__ = [
     "DinoV2Config",
     "DinoV2",
@@ -379,18 +381,13 @@ def preprocess_images(images: np.ndarray | jax.Array, patch: int = 14,
     return x.transpose(0, 3, 1, 2)
 
 
-def _cast_floats(tree, dtype):
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "kind", "block", "compute_dtype",
                                              "pad_to_patch"))
 def _extract(graphdef, state, images, kind, block, compute_dtype, pad_to_patch):
     if pad_to_patch:  # uint8 input: preprocess inside the same program
         images = preprocess_images(images, pad_to_patch)
     if compute_dtype != jnp.float32:
-        state = _cast_floats(state, compute_dtype)
+        state = cast_floats(state, compute_dtype)
     model = nnx.merge(graphdef, state)
     out = model.features(images.astype(compute_dtype), kind=kind, block=block)
     return out.astype(jnp.float32)

@@ -327,6 +327,12 @@ def center_pool(hidden: jax.Array, half_width: int = 5) -> jax.Array:
     return jnp.mean(hidden[..., mid - half_width: mid + half_width, :], axis=-2)
 
 
+def cast_floats(tree, dtype):
+    """Casts every floating-point leaf of `tree` to `dtype` (e.g. weights for bf16 compute)."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "compute_dtype", "chunk", "stft_kw"))
 def _embed(graphdef, state, wav, compute_dtype, chunk, stft_kw):
     lead = wav.shape[:-1]
@@ -334,9 +340,7 @@ def _embed(graphdef, state, wav, compute_dtype, chunk, stft_kw):
     spec = signal_lib.brainbert_spectrogram(wav.astype(jnp.float32), **dict(stft_kw))
     spec = spec.reshape(-1, *spec.shape[-2:])
     if compute_dtype != jnp.float32:
-        state = jax.tree.map(
-            lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-            state)
+        state = cast_floats(state, compute_dtype)
     model = nnx.merge(graphdef, state)
 
     def one(s):

@@ -580,7 +580,3 @@ def step_key(base_key: jax.Array, step: int) -> jax.Array:
     """The dropout key of training step `step`."""
     return _step_key_fn()(base_key, np.uint32(step))
 
-
-def cast_floats(tree, dtype):
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
