@@ -178,6 +178,133 @@ def _layer_norm(dim: int, rngs: nnx.Rngs, dtype=None) -> nnx.LayerNorm:
                          bias_init=nnx.initializers.ones_init())
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer finaliser with full avalanche (xor-shift / multiply rounds)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x21F0AAAD)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0xD35A2D97)
+    return x ^ (x >> 15)
+
+
+def hashed_bits(key: jax.Array, shape: tuple[int, ...], rows: jax.Array | None = None
+                ) -> jax.Array:
+    """uint32 pseudo-random bits of `shape`: a keyed hash of each element's logical index.
+
+    The index is the element's flat position in `shape`, or, with `rows` (shape[:-1]), the
+    position `rows * shape[-1] + last index` in the array the rows were taken from: a packed
+    array (`TokenPacking.rows`) then gets exactly the bits of its padded original.
+
+    Two rounds of `_mix32` keyed by 64 bits drawn from `key`. Unlike `jax.random.bits`
+    (threefry: 20 rounds per pair of words; rbg: an unfused `rng_bit_generator` call), this is
+    a handful of integer ops that XLA fuses into the consumer, so a dropout mask costs about
+    as much as the multiply it feeds. The bits depend only on the key and the logical index,
+    so they are the same however the array is sharded or packed. Good enough for dropout
+    masks, not for anything needing statistical-test quality.
+    """
+    s = jax.random.bits(key, (2,), jnp.uint32)
+    if rows is None:
+        idx = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    else:
+        last = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+        idx = rows.astype(jnp.uint32)[..., None] * jnp.uint32(shape[-1]) + last
+    return _mix32(_mix32(idx ^ s[0]) + s[1])
+
+
+class Dropout(nnx.Dropout):
+    """`nnx.Dropout` (same state, streams and semantics) with the mask from `hashed_bits`.
+
+    An element is kept when its bits are >= round(rate * 2**32), so the drop probability is
+    `rate` to within 2**-32; kept elements are scaled by 1 / (1 - rate) as in torch. `rows`
+    (optional, inputs.shape[:-1]) names each row's position in the unpacked array.
+    """
+
+    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None,
+                 rows: jax.Array | None = None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if deterministic or self.rate == 0.0:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        if self.broadcast_dims:
+            raise NotImplementedError("hashed dropout has no broadcast_dims")
+        stream = self.rngs if rngs is None else rngs
+        if isinstance(stream, nnx.Rngs):
+            stream = stream[self.rng_collection]
+        key = stream() if callable(stream) else stream
+        threshold = jnp.uint32(min(round(self.rate * 2.0**32), 2**32 - 1))
+        keep = hashed_bits(key, inputs.shape, rows) >= threshold
+        return jnp.where(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs)).astype(
+            inputs.dtype)
+
+
+class TokenPacking(NamedTuple):
+    """Where the real tokens of a padded batch [B, L] sit in a packed array [G, n, ...].
+
+    The batch is cut into G equal groups of consecutive examples (one per data-parallel
+    shard, so that packing never moves a token across devices); each group's real tokens
+    are laid out first-to-last in n slots, and slots beyond the group's count are empty.
+    Per-token layers (projections, FFN, LayerNorm) then run on G * n rows instead of B * L:
+    a batch whose examples are on average half padding costs about half the FLOPs. Only
+    attention goes back to the padded layout, where the key-padding mask applies as usual.
+    """
+
+    gather: jax.Array  # [G, n] int32: slot -> flat padded index in its group (Bg * L = empty)
+    scatter: jax.Array  # [G, Bg * L] int32: flat padded index -> slot (n = padding)
+    rows: jax.Array  # [G, n] int32: slot -> flat padded index in the whole batch (for dropout)
+    length: int  # L
+
+
+def make_packing(pad_mask: jax.Array, n: int, groups: int = 1) -> TokenPacking:
+    """Packing of `pad_mask` [B, L] (True = padding) into `groups` x `n` slots.
+
+    `n` must be at least the largest number of real tokens in any group (the caller counts
+    them on the host; see `packed_length`): extra real tokens would be dropped.
+    """
+    b, length = pad_mask.shape
+    if b % groups:
+        raise ValueError(f"batch {b} does not split into {groups} packing groups")
+    real = jnp.logical_not(pad_mask.reshape(groups, (b // groups) * length))
+
+    def one(r):
+        slot = jnp.cumsum(r, dtype=jnp.int32) - 1
+        scatter = jnp.where(r, slot, n).astype(jnp.int32)
+        gather = jnp.full((n + 1,), r.shape[0], jnp.int32).at[scatter].set(
+            jnp.arange(r.shape[0], dtype=jnp.int32), mode="drop")
+        return gather[:n], scatter
+
+    gather, scatter = jax.vmap(one)(real)
+    rows = gather + (jnp.arange(groups, dtype=jnp.int32) * real.shape[1])[:, None]
+    return TokenPacking(gather, scatter, rows, length)
+
+
+def packed_length(pad_mask: np.ndarray, groups: int = 1, quantum: int = 16) -> int:
+    """Host-side slot count for `make_packing`: the largest group's real-token count,
+    rounded up to a multiple of (group size / `quantum`) so that few distinct shapes (and
+    compilations) occur. Returns the group size itself when packing would not save work."""
+    b, length = pad_mask.shape
+    per_group = (b // groups) * length
+    counts = np.logical_not(np.asarray(pad_mask)).reshape(groups, -1).sum(axis=1)
+    step = max(1, -(-per_group // quantum))
+    n = min(per_group, -(-int(counts.max()) // step) * step)
+    return max(n, 1)
+
+
+def pack(p: TokenPacking, x: jax.Array) -> jax.Array:
+    """[B, L, ...] -> [G, n, ...] (empty slots are zero)."""
+    g = p.gather.shape[0]
+    flat = x.reshape(g, -1, *x.shape[2:])
+    flat = jnp.concatenate([flat, jnp.zeros_like(flat[:, :1])], axis=1)
+    return jax.vmap(lambda a, i: a[i])(flat, p.gather)
+
+
+def unpack(p: TokenPacking, y: jax.Array) -> jax.Array:
+    """[G, n, ...] -> [B, L, ...] (padded positions are zero)."""
+    y = jnp.concatenate([y, jnp.zeros_like(y[:, :1])], axis=1)
+    out = jax.vmap(lambda a, i: a[i])(y, p.scatter)
+    return out.reshape(-1, p.length, *y.shape[2:])
+
+
 class MultiHeadAttention(nnx.Module):
     """Self-attention with PyTorch `nn.MultiheadAttention` numerics and per-head weights.
 
@@ -198,24 +325,37 @@ class MultiHeadAttention(nnx.Module):
         self.value = nnx.Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
                                 rngs=rngs)
         self.out = _linear(dim, dim, rngs, dtype)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = Dropout(dropout, rngs=rngs)
 
-    def __call__(self, x, pad_mask=None, *, deterministic: bool = True):
-        """x [B, L, d], pad_mask [B, L] (True = padding) -> (out [B, L, d], weights [B, H, L, L])."""
-        b, length, d = x.shape
+    def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
+                 packing: TokenPacking | None = None):
+        """x [B, L, d], pad_mask [B, L] (True = padding) -> (out [B, L, d], weights [B, H, L, L]).
+
+        With `packing`, x and out are packed [G, n, d] (see `TokenPacking`); the weights are
+        always in the padded layout.
+        """
+        d = x.shape[-1]
         hd = d // self.n_heads
-
-        def heads(t):
-            return t.reshape(b, length, self.n_heads, hd)
-
-        q = heads(self.query(x)) * (1.0 / math.sqrt(hd))
-        k, v = heads(self.key(x)), heads(self.value(x))
+        # One GEMM for q, k and v (the parameters stay separate, as in the checkpoints).
+        kernel = jnp.concatenate([self.query.kernel.value, self.key.kernel.value,
+                                  self.value.kernel.value], axis=1)
+        bias = jnp.concatenate([self.query.bias.value, self.key.bias.value,
+                                self.value.bias.value])
+        dtype = self.query.dtype or x.dtype
+        qkv = jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        if packing is not None:
+            qkv = unpack(packing, qkv)
+        b, length = qkv.shape[:2]
+        q, k, v = jnp.split(qkv.reshape(b, length, 3, self.n_heads, hd), 3, axis=2)
+        q, k, v = q[:, :, 0] * (1.0 / math.sqrt(hd)), k[:, :, 0], v[:, :, 0]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if pad_mask is not None:
             logits = jnp.where(pad_mask[:, None, None, :], -jnp.inf, logits)
         weights = jax.nn.softmax(logits, axis=-1)
         dropped = self.dropout(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v).reshape(b, length, d)
+        if packing is not None:
+            out = pack(packing, out)
         return self.out(out), dropped
 
 
@@ -229,17 +369,20 @@ class EncoderLayer(nnx.Module):
         self.linear2 = _linear(ff_dim, dim, rngs, dtype)
         self.norm1 = _layer_norm(dim, rngs, dtype)
         self.norm2 = _layer_norm(dim, rngs, dtype)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.dropout1 = nnx.Dropout(dropout, rngs=rngs)
-        self.dropout2 = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = Dropout(dropout, rngs=rngs)
+        self.dropout1 = Dropout(dropout, rngs=rngs)
+        self.dropout2 = Dropout(dropout, rngs=rngs)
         self.activation = activation
 
-    def __call__(self, x, pad_mask=None, *, deterministic: bool = True):
-        attn, weights = self.self_attn(x, pad_mask, deterministic=deterministic)
-        x = self.norm1(x + self.dropout1(attn, deterministic=deterministic))
-        h = self.dropout(_activation(self.activation)(self.linear1(x)),
-                         deterministic=deterministic)
-        x = self.norm2(x + self.dropout2(self.linear2(h), deterministic=deterministic))
+    def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
+                 packing: TokenPacking | None = None):
+        attn, weights = self.self_attn(x, pad_mask, deterministic=deterministic,
+                                       packing=packing)
+        drop = functools.partial(Dropout.__call__, deterministic=deterministic,
+                                 rows=None if packing is None else packing.rows)
+        x = self.norm1(x + drop(self.dropout1, attn))
+        h = drop(self.dropout, _activation(self.activation)(self.linear1(x)))
+        x = self.norm2(x + drop(self.dropout2, self.linear2(h)))
         return x, weights
 
 
@@ -253,10 +396,11 @@ class Encoder(nnx.Module):
             for _ in range(n_layers)
         ])
 
-    def __call__(self, x, pad_mask=None, *, deterministic: bool = True):
+    def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
+                 packing: TokenPacking | None = None):
         weights = []
         for layer in self.layers:
-            x, w = layer(x, pad_mask, deterministic=deterministic)
+            x, w = layer(x, pad_mask, deterministic=deterministic, packing=packing)
             weights.append(w)
         return x, weights
 
@@ -287,7 +431,7 @@ class BrainBERTInput(nnx.Module):
         self.in_proj = _linear(cfg.input_dim, cfg.hidden_dim, rngs, dtype)
         self.pe = Buffer(jnp.asarray(sinusoid_table(cfg.max_len, cfg.hidden_dim)))
         self.layer_norm = _layer_norm(cfg.hidden_dim, rngs, dtype)
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.dropout = Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, spec, *, deterministic: bool = True):
         x = self.in_proj(spec)
@@ -426,12 +570,17 @@ class PopTInput(nnx.Module):
         self.in_proj = _linear(cfg.input_dim, cfg.hidden_dim, rngs, dtype)
         self.positional_encoding = SpatialEncoding(cfg.hidden_dim, cfg.max_len)
         self.layer_norm = _layer_norm(cfg.hidden_dim, rngs, dtype)
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.dropout = Dropout(cfg.dropout, rngs=rngs)
 
-    def __call__(self, tokens, coords, seq_id, *, deterministic: bool = True):
+    def __call__(self, tokens, coords, seq_id, *, deterministic: bool = True,
+                 packing: TokenPacking | None = None):
+        codes = self.positional_encoding(coords, seq_id)
+        if packing is not None:
+            tokens, codes = pack(packing, tokens), pack(packing, codes)
         x = self.in_proj(tokens)
-        x = x + self.positional_encoding(coords, seq_id).astype(x.dtype)
-        return self.dropout(self.layer_norm(x), deterministic=deterministic)
+        x = x + codes.astype(x.dtype)
+        return self.dropout(self.layer_norm(x), deterministic=deterministic,
+                            rows=None if packing is None else packing.rows)
 
 
 class PopT(nnx.Module):
@@ -451,8 +600,16 @@ class PopT(nnx.Module):
             _linear(cfg.hidden_dim, cfg.cls_out_dim, rngs, dtype, zero_bias=False)
             if cfg.use_token_cls_head else None)
 
-    def encode(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True):
-        """Hidden states [B, 1 + n, hidden] and per-layer attention weights."""
+    def encode(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True,
+               packed: tuple[int, int] | None = None):
+        """Hidden states [B, 1 + n, hidden] and per-layer attention weights.
+
+        `packed=(slots, groups)` runs the per-token layers on the real tokens only (see
+        `TokenPacking`; `slots` from `packed_length` on the mask with its CLS column). The
+        real positions come out the same as unpacked, up to float rounding; padded positions
+        come out zero instead of the values a padded run computes for them (which nothing
+        reads: they are masked as keys and carry no loss).
+        """
         b, n, _ = x.shape
         if seq_id is None:
             seq_id = jnp.zeros((b, n), jnp.int32)
@@ -461,11 +618,16 @@ class PopT(nnx.Module):
         cls = jnp.ones((b, 1, x.shape[-1]), x.dtype)
         tokens = jnp.concatenate([cls, x], axis=1)
         mask = jnp.concatenate([jnp.zeros((b, 1), bool), pad_mask.astype(bool)], axis=1)
-        h = self.input_encoding(tokens, coords, seq_id, deterministic=deterministic)
-        return self.transformer_encoder(h, mask, deterministic=deterministic)
+        packing = make_packing(mask, *packed) if packed is not None else None
+        h = self.input_encoding(tokens, coords, seq_id, deterministic=deterministic,
+                                packing=packing)
+        h, weights = self.transformer_encoder(h, mask, deterministic=deterministic,
+                                              packing=packing)
+        return (unpack(packing, h) if packing is not None else h), weights
 
     def __call__(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True,
-                 return_attention: bool = False) -> PopTOutput:
+                 return_attention: bool = False,
+                 packed: tuple[int, int] | None = None) -> PopTOutput:
         """Runs PopT.
 
         Args:
@@ -475,11 +637,13 @@ class PopT(nnx.Module):
           seq_id: [B, n] 0/1 pair-half id (None = zeros, as in fine-tuning).
           deterministic: disables dropout.
           return_attention: also return every layer's weights [B, heads, 1 + n, 1 + n].
+          packed: (slots, groups) to skip padded tokens in the per-token layers (`encode`).
 
         Returns:
           `PopTOutput`.
         """
-        hidden, weights = self.encode(x, pad_mask, coords, seq_id, deterministic=deterministic)
+        hidden, weights = self.encode(x, pad_mask, coords, seq_id, deterministic=deterministic,
+                                      packed=packed)
         cls_logits = self.cls_head(hidden[:, 0])
         token_logits = (self.token_cls_head(hidden[:, 1:])
                         if self.token_cls_head is not None else None)
@@ -495,8 +659,9 @@ class PopTClassifier(nnx.Module):
         self.upstream = PopT(cfg, rngs=rngs, dtype=dtype)
         self.linear_out = _linear(cfg.hidden_dim, n_out, rngs, dtype, zero_bias=False)
 
-    def __call__(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True):
+    def __call__(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True,
+                 packed: tuple[int, int] | None = None):
         """Logits [B, n_out] (arguments as `PopT.__call__`)."""
         hidden, _ = self.upstream.encode(x, pad_mask, coords, seq_id,
-                                         deterministic=deterministic)
+                                         deterministic=deterministic, packed=packed)
         return self.linear_out(hidden[:, 0])

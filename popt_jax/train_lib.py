@@ -33,9 +33,11 @@ import optax
 from absl import logging
 from clu import metrics as clu_metrics
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from popt_jax import models
 from popt_jax.data import braintreebank
 
 PRETRAIN, FINETUNE = "pretrain", "finetune"
@@ -460,8 +462,6 @@ def host_array(x) -> np.ndarray:
     """A (possibly multi-process sharded) global array as one numpy array on every host."""
     if jax.process_count() == 1:
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -500,13 +500,13 @@ def _fresh_rngs(spec, rng: jax.Array) -> nnx.State:
     return jax.tree.unflatten(treedef, out)
 
 
-def _forward(task: str, model, batch, deterministic: bool):
+def _forward(task: str, model, batch, deterministic: bool, packed=None):
     if task == PRETRAIN:
         out = model(batch["x"], batch["pad_mask"], batch["coords"], batch["seq_id"],
-                    deterministic=deterministic)
+                    deterministic=deterministic, packed=packed)
         return pretrain_loss(out.cls_logits, out.token_logits, batch)
     logits = model(batch["x"], batch["pad_mask"], batch["coords"], batch.get("seq_id"),
-                   deterministic=deterministic)
+                   deterministic=deterministic, packed=packed)
     return finetune_loss(logits, batch)
 
 
@@ -527,10 +527,10 @@ def make_train_step(task: str, parts: ModelParts, tx: optax.GradientTransformati
     collection = metrics_class(task)
     spec = _rng_spec(rng_template)
 
-    def step(params, opt_state, batch, rng, consts):
+    def step(params, opt_state, batch, rng, consts, packed):
         def loss_fn(p):
             model = nnx.merge(graphdef, p, _fresh_rngs(spec, rng), consts)
-            return _forward(task, model, batch, deterministic=False)
+            return _forward(task, model, batch, deterministic=False, packed=packed)
 
         (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -538,11 +538,13 @@ def make_train_step(task: str, parts: ModelParts, tx: optax.GradientTransformati
         m = collection.single_from_model_output(**outputs)
         return params, opt_state, m, optax.global_norm(grads)
 
-    jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep, rep, rep))
+    jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep, rep, rep),
+                     static_argnums=(5,))
     consts = replicate(consts, mesh)
 
-    def train_step(params, opt_state, batch, rng):
-        return jitted(params, opt_state, batch, rng, consts)
+    def train_step(params, opt_state, batch, rng, packed=None):
+        """`packed`: None, or (slots, groups) from `packing_slots` on this batch's mask."""
+        return jitted(params, opt_state, batch, rng, consts, packed)
 
     train_step.jitted = jitted
     return train_step
@@ -574,6 +576,27 @@ def make_eval_step(task: str, parts: ModelParts, mesh) -> Callable:
 @functools.lru_cache(maxsize=None)
 def _step_key_fn():
     return jax.jit(jax.random.fold_in)
+
+
+def packing_slots(pad_mask: np.ndarray, mesh, quantum: int = 16) -> tuple[int, int] | None:
+    """The static `packed` argument of a train step for this process's `pad_mask` [b, n].
+
+    One packing group per device of the mesh (rows never leave their device); the slot count
+    is the fullest group's real tokens (CLS included) rounded up by `models.packed_length`,
+    agreed across processes (each compiles the same program). None when packing would not
+    save work (no padding worth skipping).
+    """
+    pad_mask = np.asarray(pad_mask, bool)
+    local_groups = len(mesh.local_devices)
+    if pad_mask.shape[0] % local_groups:
+        return None
+    mask = np.concatenate([np.zeros((pad_mask.shape[0], 1), bool), pad_mask], axis=1)
+    slots = models.packed_length(mask, local_groups, quantum)
+    if jax.process_count() > 1:
+        slots = int(np.max(multihost_utils.process_allgather(np.int32(slots))))
+    if slots >= (pad_mask.shape[0] // local_groups) * mask.shape[1]:
+        return None
+    return slots, int(mesh.size)
 
 
 def step_key(base_key: jax.Array, step: int) -> jax.Array:

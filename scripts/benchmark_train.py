@@ -6,16 +6,20 @@
 One step = forward (dropout on) + the pretraining loss (CLS BCE + token BCE) + backward +
 global-norm clipping (1.0) + LAMB, on the same batch in both frameworks:
   * popt_jax: `train_lib.make_train_step` (one jitted function, donated state, LAMB with
-    torch_optimizer semantics);
+    torch_optimizer semantics), run twice: on the padded batch as given ("padded"), and with
+    token packing ("packed", what training uses: `train_lib.packing_slots` -> the per-token
+    layers see only real tokens; same loss and gradients, see tests/test_train.py);
   * PyTorch: `tests/torch_reference.RefPopT` + `TorchLamb` below (torch_optimizer.Lamb's
-    update rule, written out here) + `clip_grad_norm_`.
+    update rule, written out here) + `clip_grad_norm_`, on the padded batch (as upstream).
 Reported as examples/s (best of `--repeats` timed steps after a warm-up/compile step) with
 the JAX/torch ratio, for
-  * padded-to-max batches: every batch holds `--max-electrodes` tokens;
-  * bucketed batches: the pretraining task draws k in {10, 20, ..., max} electrodes, and the
-    data layer pads a batch only to its bucket edge (`--buckets`, default the data layer's
-    16/32/64/128, assuming batches grouped by bucket); the figure is the examples/s of the
-    whole mix (each bucket timed on its own, weighted by its frequency).
+  * padded-to-max batches: every batch holds `--max-electrodes` tokens, example i has
+    k_i ~ U{10, 20, ..., max} real ones (the pretraining task's electrode subsets);
+  * bucketed batches: the data layer pads a batch only to its bucket edge (`--buckets`,
+    default the data layer's 16/32/64/128, assuming batches grouped by bucket); the figure is
+    the examples/s of the whole mix (each bucket timed on its own, weighted by frequency).
+The model FLOPs of a step (matmuls only, forward + backward = 3x forward, padded tokens
+included) over the step time give the achieved GFLOP/s.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def _config(steps: int = 1000):
                                           warmup=0.025, gamma=0.99, grad_clip=1.0))
 
 
-def time_jax(popt_cfg, batches, dtype, repeats: int) -> float:
+def time_jax(popt_cfg, batches, dtype, repeats: int, pack: bool) -> dict[str, float]:
     """Best seconds per step of the jitted popt_jax step, per batch shape (dict)."""
     model = models.PopT(popt_cfg, rngs=nnx.Rngs(0), dtype=dtype)
     parts = tl.split_model(model)
@@ -114,20 +118,30 @@ def time_jax(popt_cfg, batches, dtype, repeats: int) -> float:
     out = {}
     for name, batch in batches.items():
         g = tl.to_global(batch, mesh)
+        packed = tl.packing_slots(batch["pad_mask"], mesh) if pack else None
         t0 = time.perf_counter()
-        params, opt_state, m, _ = step(params, opt_state, g, tl.step_key(key, 0))
+        params, opt_state, m, _ = step(params, opt_state, g, tl.step_key(key, 0), packed)
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
         best = float("inf")
         for i in range(repeats):
             t0 = time.perf_counter()
-            params, opt_state, m, _ = step(params, opt_state, g, tl.step_key(key, i + 1))
+            params, opt_state, m, _ = step(params, opt_state, g, tl.step_key(key, i + 1), packed)
             jax.block_until_ready((params, m))
             best = min(best, time.perf_counter() - t0)
         out[name] = best
+        rows = f"{packed[0]} packed rows" if packed else "padded"
         print(f"    jax {jnp.dtype(dtype).name:8s} {name:>10s}: {best * 1e3:8.1f} ms/step "
-              f"(first call incl. compile {compile_s:.1f} s)", flush=True)
+              f"({rows}; first call incl. compile {compile_s:.1f} s)", flush=True)
     return out
+
+
+def step_flops(popt_cfg, batch: int, tokens: int) -> float:
+    """Matmul FLOPs of one training step on [batch, tokens] (+ CLS), forward x 3."""
+    h, f, d, L = popt_cfg.hidden_dim, popt_cfg.ff_dim, popt_cfg.input_dim, tokens + 1
+    per_token = d * h + popt_cfg.n_layers * (4 * h * h + 2 * h * f)
+    attention = popt_cfg.n_layers * 2 * L * h  # q.k and weights.v per query
+    return 3 * 2 * batch * L * (per_token + attention)
 
 
 def one_step(model, opt, bce, x, mask, coords, seq, cls_label, sel, tok_target) -> float:
@@ -224,9 +238,10 @@ def main() -> None:
 
     rows = {}
     print("timing (best of %d):" % args.repeats)
-    rows["jax float32"] = time_jax(popt_cfg, both, jnp.float32, args.repeats)
-    if not args.skip_bf16:
-        rows["jax bfloat16"] = time_jax(popt_cfg, both, jnp.bfloat16, args.repeats)
+    for dtype in [jnp.float32] + ([] if args.skip_bf16 else [jnp.bfloat16]):
+        for pack in (False, True):
+            name = f"jax {jnp.dtype(dtype).name} {'packed' if pack else 'padded'}"
+            rows[name] = time_jax(popt_cfg, both, dtype, args.repeats, pack)
     if not args.skip_torch:
         rows["torch float32"] = time_torch(popt_cfg, both, args.repeats)
     top = bucket_of_k[int(ks.max())]  # a random batch almost surely holds a k = max example
@@ -237,16 +252,22 @@ def main() -> None:
                 "grouped buckets": mix(times)}
 
     print()
-    cols = list(rates(rows["jax float32"]))
-    print(f"{'examples/s':24s}" + "".join(f"{c:>22s}" for c in cols))
+    cols = list(rates(rows["jax float32 padded"]))
+    print(f"{'examples/s':26s}" + "".join(f"{c:>22s}" for c in cols))
     for name, times in rows.items():
         r = rates(times)
-        print(f"{name:24s}" + "".join(f"{r[c]:22.2f}" for c in cols))
+        print(f"{name:26s}" + "".join(f"{r[c]:22.2f}" for c in cols))
     if "torch float32" in rows:
         ref = rates(rows["torch float32"])
         for name in [n for n in rows if n != "torch float32"]:
             r = rates(rows[name])
-            print(f"{name + ' / torch':24s}" + "".join(f"{r[c] / ref[c]:21.2f}x" for c in cols))
+            print(f"{name + ' / torch':26s}" + "".join(f"{r[c] / ref[c]:21.2f}x" for c in cols))
+    flops = step_flops(popt_cfg, args.batch, args.max_electrodes)
+    real = float(np.mean(padded["padded"]["pad_mask"] == 0))
+    print(f"\npadded-to-max batch: {flops / 1e9:.1f} GFLOP per step (matmuls, padded tokens "
+          f"included; {real:.0%} of the electrode tokens are real)")
+    for name, times in rows.items():
+        print(f"  {name:26s} {flops / times['padded'] / 1e9:7.1f} GFLOP/s")
     print(f"(grouped buckets assumes batches grouped by length; a shuffled batch is padded to "
           f"the bucket of its longest example, {top} tokens here)")
 

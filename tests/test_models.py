@@ -23,6 +23,11 @@ from popt_jax.models import (
     PopTConfig,
     brainbert_embed,
     center_pool,
+    hashed_bits,
+    make_packing,
+    pack,
+    packed_length,
+    unpack,
 )
 
 SMALL_BB = BrainBERTConfig(hidden_dim=64, n_heads=4, ff_dim=128, n_layers=2)
@@ -41,10 +46,11 @@ def perturb(model, seed: int, scale: float = 0.1):
 
 
 # Whole-model jit: one compilation per shape instead of op-by-op dispatch (keeps this fast).
-@functools.partial(nnx.jit, static_argnames=("deterministic", "return_attention"))
-def run_popt(model, x, pad, coords, seq_id=None, deterministic=True, return_attention=False):
+@functools.partial(nnx.jit, static_argnames=("deterministic", "return_attention", "packed"))
+def run_popt(model, x, pad, coords, seq_id=None, deterministic=True, return_attention=False,
+             packed=None):
     return model(x, pad, coords, seq_id, deterministic=deterministic,
-                 return_attention=return_attention)
+                 return_attention=return_attention, packed=packed)
 
 
 @functools.partial(nnx.jit, static_argnames=("deterministic", "return_attention"))
@@ -348,3 +354,86 @@ def test_popt_bf16_close_to_fp32(popt):
     for w in out.attention:
         assert w.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashed dropout bits and token packing
+# ----------------------------------------------------------------------------------------------
+
+
+def test_hashed_bits_statistics():
+    key = jax.random.key(0)
+    bits = np.asarray(hashed_bits(key, (64, 1000)))
+    # Uniform over uint32: each of the 32 bit planes is set half the time, and neighbouring
+    # indices are uncorrelated.
+    planes = (bits[..., None] >> np.arange(32, dtype=np.uint32)) & 1
+    assert np.abs(planes.mean(axis=(0, 1)) - 0.5).max() < 0.01  # 64k draws: sd 0.002
+    u = bits.ravel().astype(np.float64) / 2**32
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
+    keep = u >= 0.1
+    assert abs(keep.mean() - 0.9) < 0.005
+    # Another key, or another shape of the same index range: other bits; the same key: same.
+    assert np.mean(np.asarray(hashed_bits(jax.random.key(1), (64, 1000))) == bits) < 0.001
+    np.testing.assert_array_equal(hashed_bits(key, (64, 1000)), bits)
+    # `rows` names each row's place in the original array: a row subset gets its own bits.
+    rows = jnp.asarray([[5, 0], [63, 17]], jnp.int32)
+    np.testing.assert_array_equal(hashed_bits(key, (2, 2, 1000), rows),
+                                  bits[np.asarray(rows)])
+
+
+def test_packing_round_trip_and_slot_count():
+    pad = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 1]], bool)
+    # Groups of 2 examples: 2 + 1 and 4 + 3 real tokens -> 7 slots needed, rounded up to
+    # multiples of ceil(8 / quantum).
+    assert packed_length(pad, groups=2, quantum=8) == 7
+    assert packed_length(pad, groups=2, quantum=2) == 8
+    assert packed_length(pad, groups=1, quantum=16) == 10
+    p = make_packing(jnp.asarray(pad), 7, groups=2)
+    x = jnp.arange(4 * 4 * 2, dtype=jnp.float32).reshape(4, 4, 2) + 1.0
+    packed = np.asarray(pack(p, x))
+    assert packed.shape == (2, 7, 2)
+    real = ~pad
+    # Real tokens in order, group by group; empty slots are zero.
+    np.testing.assert_array_equal(packed[0, :3], np.asarray(x)[:2][real[:2]])
+    np.testing.assert_array_equal(packed[1, :7], np.asarray(x)[2:][real[2:]])
+    assert np.all(packed[0, 3:] == 0)
+    back = np.asarray(unpack(p, jnp.asarray(packed)))
+    np.testing.assert_array_equal(back[real], np.asarray(x)[real])
+    assert np.all(back[pad] == 0)
+    # rows: each slot's flat index in the whole batch.
+    np.testing.assert_array_equal(np.asarray(p.rows)[1, :7], np.flatnonzero(real.ravel())[3:])
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_packed_popt_equals_padded(popt, deterministic):
+    """Packing runs the per-token layers on real tokens only; the real positions (and, in
+    training, the dropout masks) are those of the padded run."""
+    rng = np.random.default_rng(21)
+    x, pad, coords, seq_id = popt_batch(rng, b=4, n=7, n_real=(6, 2, 5, 1))
+    mask = np.concatenate([np.zeros((4, 1), bool), np.asarray(pad)], axis=1)
+    real = ~mask
+
+    def run(packed):
+        model = perturb(PopT(SMALL_POPT, rngs=nnx.Rngs(5)), 2)  # same dropout streams each time
+        return jax.tree.map(np.asarray, run_popt(model, x, pad, coords, seq_id,
+                                                 deterministic=deterministic,
+                                                 return_attention=True, packed=packed))
+
+    ref = run(None)
+    for groups in (1, 2, 4):
+        n = packed_length(mask, groups, quantum=32)
+        assert n < mask.size // groups  # packing is really on
+        out = run((n, groups))
+        assert max_abs(out.hidden[real], ref.hidden[real]) <= 1e-5
+        assert np.all(out.hidden[mask] == 0)
+        assert max_abs(out.cls_logits, ref.cls_logits) <= 1e-5
+        assert max_abs(out.token_logits[real[:, 1:]], ref.token_logits[real[:, 1:]]) <= 1e-5
+        for a, b in zip(out.attention, ref.attention, strict=True):  # rows of real queries
+            assert max_abs(a.transpose(0, 2, 1, 3)[real], b.transpose(0, 2, 1, 3)[real]) <= 1e-6
+    if not deterministic:  # dropout really was on
+        eval_ref = jax.tree.map(np.asarray, run_popt(perturb(PopT(SMALL_POPT, rngs=nnx.Rngs(5)), 2),
+                                                      x, pad, coords, seq_id))
+        assert max_abs(eval_ref.hidden[real], ref.hidden[real]) > 1e-2
+    # Too few slots would drop tokens: the count helper never returns that.
+    with pytest.raises(ValueError, match="packing groups"):
+        make_packing(jnp.asarray(mask), 8, groups=3)

@@ -46,8 +46,7 @@ class SynthData:
     def _rows(self, rs, b):
         n, d = self.n, self.input_dim
         x = rs.standard_normal((b, n, d)).astype(np.float32)
-        pad = np.zeros((b, n), bool)
-        pad[:, n - rs.integers(0, 3):] = True
+        pad = np.arange(n)[None] >= n - rs.integers(0, 5, b)[:, None]  # 0-4 padded per row
         out = dict(x=x, pad_mask=pad, coords=rs.integers(0, 200, (b, n, 3)).astype(np.int32))
         if self.task == tl.PRETRAIN:
             out["seq_id"] = (np.arange(n)[None] >= n // 2).repeat(b, 0).astype(np.int32)
@@ -290,7 +289,7 @@ def _tiny_parts(task, dtype=jnp.float32, input_dim=16):
     return tl.split_model(train.build_model(task, popt_cfg, seed=0, dtype=dtype))
 
 
-def _pretrain_steps(n_steps, dtype=jnp.float32, mesh=None):
+def _pretrain_steps(n_steps, dtype=jnp.float32, mesh=None, pack=True):
     """`n_steps` pretraining steps on SynthData batches of 16; returns (params, metrics list).
 
     The sharding worker runs exactly this (same config, so the same compiled step).
@@ -305,9 +304,10 @@ def _pretrain_steps(n_steps, dtype=jnp.float32, mesh=None):
     key = jax.random.key(0, impl="rbg")
     out = []
     for i in range(n_steps):
-        params, opt_state, m, _ = step(params, opt_state,
-                                       tl.to_global(data.global_batch(i), mesh),
-                                       tl.step_key(key, i))
+        batch = data.global_batch(i)
+        packed = tl.packing_slots(data._local(batch)["pad_mask"], mesh) if pack else None
+        params, opt_state, m, _ = step(params, opt_state, tl.to_global(data._local(batch), mesh),
+                                       tl.step_key(key, i), packed)
         out.append({k: float(v) for k, v in m.compute().items()})
     return params, out
 
@@ -316,6 +316,20 @@ def test_train_step_learns_planted_tokens():
     params, metrics = _pretrain_steps(40)
     accs = [m["token_accuracy"] for m in metrics]
     assert np.mean(accs[-10:]) > 0.8 > 0.6 > np.mean(accs[:3])
+
+
+def test_packed_and_padded_steps_agree():
+    """Token packing changes the FLOPs, not the step: same losses and parameters."""
+    mesh = tl.make_mesh(1)
+    assert tl.packing_slots(SynthData(tl.PRETRAIN, 16).global_batch(0)["pad_mask"], mesh)
+    packed, m_packed = _pretrain_steps(3, pack=True)
+    padded, m_padded = _pretrain_steps(3, pack=False)
+    for a, b in zip(m_packed, m_padded, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for a, b in zip(jax.tree.leaves(packed), jax.tree.leaves(padded), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # as the 1 vs 8 device test
+    # No padding, or padding too small to skip: the padded step.
+    assert tl.packing_slots(np.zeros((16, 8), bool), mesh) is None
 
 
 def test_bfloat16_compute_keeps_float32_params():
