@@ -255,6 +255,20 @@ class TokenPacking(NamedTuple):
     length: int  # L
 
 
+class PackSpec(NamedTuple):
+    """Static packing plan of a batch (hashable: a jit static argument).
+
+    slots: per-group slots for the real tokens (None = padded layout);
+    groups: packing groups (one per data-parallel shard);
+    out_slots: per-group slots for the rows whose final hidden state is read (`out_rows`);
+      the last layer computes only those after its attention (None = every row).
+    """
+
+    slots: int | None
+    groups: int = 1
+    out_slots: int | None = None
+
+
 def make_packing(pad_mask: jax.Array, n: int, groups: int = 1) -> TokenPacking:
     """Packing of `pad_mask` [B, L] (True = padding) into `groups` x `n` slots.
 
@@ -328,11 +342,12 @@ class MultiHeadAttention(nnx.Module):
         self.dropout = Dropout(dropout, rngs=rngs)
 
     def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
-                 packing: TokenPacking | None = None):
+                 packing: TokenPacking | None = None, out_packing: TokenPacking | None = None):
         """x [B, L, d], pad_mask [B, L] (True = padding) -> (out [B, L, d], weights [B, H, L, L]).
 
-        With `packing`, x and out are packed [G, n, d] (see `TokenPacking`); the weights are
-        always in the padded layout.
+        With `packing`, x and out are packed [G, n, d] (see `TokenPacking`); with
+        `out_packing`, out is packed that way instead (only those queries' rows come out).
+        The weights are always in the padded layout.
         """
         d = x.shape[-1]
         hd = d // self.n_heads
@@ -354,8 +369,9 @@ class MultiHeadAttention(nnx.Module):
         weights = jax.nn.softmax(logits, axis=-1)
         dropped = self.dropout(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v).reshape(b, length, d)
-        if packing is not None:
-            out = pack(packing, out)
+        out_packing = out_packing if out_packing is not None else packing
+        if out_packing is not None:
+            out = pack(out_packing, out)
         return self.out(out), dropped
 
 
@@ -375,9 +391,14 @@ class EncoderLayer(nnx.Module):
         self.activation = activation
 
     def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
-                 packing: TokenPacking | None = None):
+                 packing: TokenPacking | None = None, out_packing: TokenPacking | None = None):
+        """x [B, L, d] or packed by `packing`; with `out_packing` only its rows are computed
+        after the attention (the output comes out packed that way)."""
         attn, weights = self.self_attn(x, pad_mask, deterministic=deterministic,
-                                       packing=packing)
+                                       packing=packing, out_packing=out_packing)
+        if out_packing is not None:
+            x = pack(out_packing, unpack(packing, x) if packing is not None else x)
+            packing = out_packing
         drop = functools.partial(Dropout.__call__, deterministic=deterministic,
                                  rows=None if packing is None else packing.rows)
         x = self.norm1(x + drop(self.dropout1, attn))
@@ -397,10 +418,14 @@ class Encoder(nnx.Module):
         ])
 
     def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
-                 packing: TokenPacking | None = None):
+                 packing: TokenPacking | None = None, out_packing: TokenPacking | None = None):
+        """`out_packing`: the rows the caller reads; the last layer computes only those after
+        its attention (earlier layers need every row as keys and values)."""
         weights = []
-        for layer in self.layers:
-            x, w = layer(x, pad_mask, deterministic=deterministic, packing=packing)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x, w = layer(x, pad_mask, deterministic=deterministic, packing=packing,
+                         out_packing=out_packing if last else None)
             weights.append(w)
         return x, weights
 
@@ -601,14 +626,15 @@ class PopT(nnx.Module):
             if cfg.use_token_cls_head else None)
 
     def encode(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True,
-               packed: tuple[int, int] | None = None):
+               packed: PackSpec | None = None, out_rows: jax.Array | None = None):
         """Hidden states [B, 1 + n, hidden] and per-layer attention weights.
 
-        `packed=(slots, groups)` runs the per-token layers on the real tokens only (see
-        `TokenPacking`; `slots` from `packed_length` on the mask with its CLS column). The
-        real positions come out the same as unpacked, up to float rounding; padded positions
-        come out zero instead of the values a padded run computes for them (which nothing
-        reads: they are masked as keys and carry no loss).
+        `packed.slots` runs the per-token layers on the real tokens only (see `TokenPacking`;
+        slots from `packed_length` on the mask with its CLS column); `packed.out_slots` with
+        `out_rows` [B, 1 + n] bool (True = read by the caller) computes the last layer's
+        post-attention part for those rows only. Rows computed come out the same as a padded
+        run, up to float rounding; the others come out zero (padded positions, which nothing
+        reads, and rows outside `out_rows`).
         """
         b, n, _ = x.shape
         if seq_id is None:
@@ -618,16 +644,24 @@ class PopT(nnx.Module):
         cls = jnp.ones((b, 1, x.shape[-1]), x.dtype)
         tokens = jnp.concatenate([cls, x], axis=1)
         mask = jnp.concatenate([jnp.zeros((b, 1), bool), pad_mask.astype(bool)], axis=1)
-        packing = make_packing(mask, *packed) if packed is not None else None
+        packing = out_packing = None
+        if packed is not None and packed.slots is not None:
+            packing = make_packing(mask, packed.slots, packed.groups)
+        if packed is not None and packed.out_slots is not None:
+            if out_rows is None:
+                raise ValueError("PackSpec.out_slots needs out_rows")
+            out_packing = make_packing(jnp.logical_not(out_rows) | mask, packed.out_slots,
+                                       packed.groups)
         h = self.input_encoding(tokens, coords, seq_id, deterministic=deterministic,
                                 packing=packing)
         h, weights = self.transformer_encoder(h, mask, deterministic=deterministic,
-                                              packing=packing)
-        return (unpack(packing, h) if packing is not None else h), weights
+                                              packing=packing, out_packing=out_packing)
+        last = out_packing if out_packing is not None else packing
+        return (unpack(last, h) if last is not None else h), weights
 
     def __call__(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True,
-                 return_attention: bool = False,
-                 packed: tuple[int, int] | None = None) -> PopTOutput:
+                 return_attention: bool = False, packed: PackSpec | None = None,
+                 out_rows: jax.Array | None = None) -> PopTOutput:
         """Runs PopT.
 
         Args:
@@ -637,13 +671,14 @@ class PopT(nnx.Module):
           seq_id: [B, n] 0/1 pair-half id (None = zeros, as in fine-tuning).
           deterministic: disables dropout.
           return_attention: also return every layer's weights [B, heads, 1 + n, 1 + n].
-          packed: (slots, groups) to skip padded tokens in the per-token layers (`encode`).
+          packed, out_rows: skip padded tokens / unread rows (`encode`); the logits of
+            skipped rows are those of a zero hidden state.
 
         Returns:
           `PopTOutput`.
         """
         hidden, weights = self.encode(x, pad_mask, coords, seq_id, deterministic=deterministic,
-                                      packed=packed)
+                                      packed=packed, out_rows=out_rows)
         cls_logits = self.cls_head(hidden[:, 0])
         token_logits = (self.token_cls_head(hidden[:, 1:])
                         if self.token_cls_head is not None else None)
@@ -660,8 +695,13 @@ class PopTClassifier(nnx.Module):
         self.linear_out = _linear(cfg.hidden_dim, n_out, rngs, dtype, zero_bias=False)
 
     def __call__(self, x, pad_mask, coords, seq_id=None, *, deterministic: bool = True,
-                 packed: tuple[int, int] | None = None):
-        """Logits [B, n_out] (arguments as `PopT.__call__`)."""
+                 packed: PackSpec | None = None):
+        """Logits [B, n_out] (arguments as `PopT.__call__`; with `packed.out_slots` the last
+        layer computes the CLS rows only, which is all this head reads)."""
+        out_rows = None
+        if packed is not None and packed.out_slots is not None:
+            out_rows = jnp.zeros((x.shape[0], x.shape[1] + 1), bool).at[:, 0].set(True)
         hidden, _ = self.upstream.encode(x, pad_mask, coords, seq_id,
-                                         deterministic=deterministic, packed=packed)
+                                         deterministic=deterministic, packed=packed,
+                                         out_rows=out_rows)
         return self.linear_out(hidden[:, 0])

@@ -502,8 +502,9 @@ def _fresh_rngs(spec, rng: jax.Array) -> nnx.State:
 
 def _forward(task: str, model, batch, deterministic: bool, packed=None):
     if task == PRETRAIN:
+        out_rows = loss_rows(task, batch) if packed is not None else None
         out = model(batch["x"], batch["pad_mask"], batch["coords"], batch["seq_id"],
-                    deterministic=deterministic, packed=packed)
+                    deterministic=deterministic, packed=packed, out_rows=out_rows)
         return pretrain_loss(out.cls_logits, out.token_logits, batch)
     logits = model(batch["x"], batch["pad_mask"], batch["coords"], batch.get("seq_id"),
                    deterministic=deterministic, packed=packed)
@@ -543,7 +544,7 @@ def make_train_step(task: str, parts: ModelParts, tx: optax.GradientTransformati
     consts = replicate(consts, mesh)
 
     def train_step(params, opt_state, batch, rng, packed=None):
-        """`packed`: None, or (slots, groups) from `packing_slots` on this batch's mask."""
+        """`packed`: None, or the `models.PackSpec` of `pack_spec` on this batch."""
         return jitted(params, opt_state, batch, rng, consts, packed)
 
     train_step.jitted = jitted
@@ -578,25 +579,90 @@ def _step_key_fn():
     return jax.jit(jax.random.fold_in)
 
 
-def packing_slots(pad_mask: np.ndarray, mesh, quantum: int = 16) -> tuple[int, int] | None:
-    """The static `packed` argument of a train step for this process's `pad_mask` [b, n].
+def loss_rows(task: str, batch, xp=jnp):
+    """[B, 1 + n] bool: the rows whose final hidden state the loss reads (CLS first).
 
-    One packing group per device of the mesh (rows never leave their device); the slot count
-    is the fullest group's real tokens (CLS included) rounded up by `models.packed_length`,
-    agreed across processes (each compiles the same program). None when packing would not
-    save work (no padding worth skipping).
+    Pretraining: CLS and the labelled tokens (replaced or kept, not padding); fine-tuning:
+    CLS. The same formula runs on the host (`pack_spec`, xp=np) and in the step.
     """
-    pad_mask = np.asarray(pad_mask, bool)
-    local_groups = len(mesh.local_devices)
-    if pad_mask.shape[0] % local_groups:
+    pad = xp.asarray(batch["pad_mask"]).astype(bool)
+    cls = xp.ones((pad.shape[0], 1), bool)
+    if task != PRETRAIN:
+        return xp.concatenate([cls, xp.zeros_like(pad)], axis=1)
+    lab = xp.asarray(batch["token_label"])
+    return xp.concatenate([cls, ((lab == 1) | (lab == 2)) & ~pad], axis=1)
+
+
+def pack_spec(task: str, batch: dict[str, np.ndarray], mesh, quantum: int = 16,
+              out_quantum: int = 64) -> "models.PackSpec | None":
+    """The static `packed` argument of a train step for this process's (host) `batch`.
+
+    One packing group per device of the mesh (rows never leave their device). Slots: the
+    fullest group's real tokens (CLS included) and loss rows (`loss_rows`), each rounded up
+    by `models.packed_length` (to 1/`quantum`, 1/`out_quantum` of the group: few distinct
+    shapes to compile, little waste) and agreed across processes (each compiles the same program);
+    None where packing would not save work. None if neither saves anything.
+    """
+    pad_mask = np.asarray(batch["pad_mask"], bool)
+    groups = len(mesh.local_devices)
+    if pad_mask.shape[0] % groups:
         return None
     mask = np.concatenate([np.zeros((pad_mask.shape[0], 1), bool), pad_mask], axis=1)
-    slots = models.packed_length(mask, local_groups, quantum)
+    full = (pad_mask.shape[0] // groups) * mask.shape[1]
+    slots = models.packed_length(mask, groups, quantum)
+    out_slots = models.packed_length(~loss_rows(task, batch, np), groups, out_quantum)
     if jax.process_count() > 1:
-        slots = int(np.max(multihost_utils.process_allgather(np.int32(slots))))
-    if slots >= (pad_mask.shape[0] // local_groups) * mask.shape[1]:
-        return None
-    return slots, int(mesh.size)
+        both = multihost_utils.process_allgather(np.asarray([slots, out_slots], np.int32))
+        slots, out_slots = (int(v) for v in np.max(np.asarray(both), axis=0))
+    spec = models.PackSpec(slots if slots < full else None, int(mesh.size),
+                           out_slots if out_slots < full else None)
+    return spec if (spec.slots, spec.out_slots) != (None, None) else None
+
+
+class PackPlanner:
+    """Chooses each batch's `PackSpec`, reusing shapes already compiled.
+
+    Every distinct (batch shape, PackSpec) is one compilation of the train step. A batch
+    whose exact plan (`pack_spec`) fits a plan already used for its shape, with at most
+    `slack` of a group's rows to spare per count, reuses it. Otherwise a new plan is made
+    with `headroom` of a group's rows added to each count, so that the next batches of that
+    shape fit it. Decisions depend only on the (process-agreed) plans in order, so all
+    processes choose alike.
+    """
+
+    def __init__(self, task: str, mesh, enabled: bool = True, slack: float = 0.125,
+                 headroom: float = 0.0625):
+        self.task, self.mesh, self.enabled = task, mesh, enabled
+        self.slack, self.headroom = slack, headroom
+        self.used: dict[tuple, list] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> "models.PackSpec | None":
+        if not self.enabled:
+            return None
+        need = pack_spec(self.task, batch, self.mesh)
+        shape = np.shape(batch["pad_mask"])
+        full = (shape[0] // len(self.mesh.local_devices)) * (shape[1] + 1)
+
+        def size(plan, i):
+            return full if plan is None or plan[i] is None else plan[i]
+
+        def fits(plan):
+            return all(size(need, i) <= size(plan, i) <= size(need, i) + self.slack * full
+                       for i in (0, 2))
+
+        plans = self.used.setdefault(shape, [])
+        for plan in plans:
+            if fits(plan):
+                return plan
+        if need is not None:
+            counts = [size(need, i) + int(self.headroom * full) for i in (0, 2)]
+            counts = [n if n < full else None for n in counts]
+            need = models.PackSpec(counts[0], need.groups, counts[1])
+            need = None if (need.slots, need.out_slots) == (None, None) else need
+        plans.append(need)
+        logging.info("batch shape %s: token packing %s (a new train-step shape to compile)",
+                     shape, need)
+        return need
 
 
 def step_key(base_key: jax.Array, step: int) -> jax.Array:

@@ -7,8 +7,9 @@ One step = forward (dropout on) + the pretraining loss (CLS BCE + token BCE) + b
 global-norm clipping (1.0) + LAMB, on the same batch in both frameworks:
   * popt_jax: `train_lib.make_train_step` (one jitted function, donated state, LAMB with
     torch_optimizer semantics), run twice: on the padded batch as given ("padded"), and with
-    token packing ("packed", what training uses: `train_lib.packing_slots` -> the per-token
-    layers see only real tokens; same loss and gradients, see tests/test_train.py);
+    token packing ("packed", what training uses: `train_lib.pack_spec` -> the per-token
+    layers see only real tokens, and the last layer's post-attention part only the rows the
+    loss reads (CLS + labelled tokens); same loss and gradients, see tests/test_train.py);
   * PyTorch: `tests/torch_reference.RefPopT` + `TorchLamb` below (torch_optimizer.Lamb's
     update rule, written out here) + `clip_grad_norm_`, on the padded batch (as upstream).
 Reported as examples/s (best of `--repeats` timed steps after a warm-up/compile step) with
@@ -118,7 +119,7 @@ def time_jax(popt_cfg, batches, dtype, repeats: int, pack: bool) -> dict[str, fl
     out = {}
     for name, batch in batches.items():
         g = tl.to_global(batch, mesh)
-        packed = tl.packing_slots(batch["pad_mask"], mesh) if pack else None
+        packed = tl.pack_spec(tl.PRETRAIN, batch, mesh) if pack else None
         t0 = time.perf_counter()
         params, opt_state, m, _ = step(params, opt_state, g, tl.step_key(key, 0), packed)
         jax.block_until_ready(m)
@@ -130,7 +131,8 @@ def time_jax(popt_cfg, batches, dtype, repeats: int, pack: bool) -> dict[str, fl
             jax.block_until_ready((params, m))
             best = min(best, time.perf_counter() - t0)
         out[name] = best
-        rows = f"{packed[0]} packed rows" if packed else "padded"
+        rows = (f"packed: {packed.slots} token rows, {packed.out_slots} in the last layer"
+                if packed else "padded")
         print(f"    jax {jnp.dtype(dtype).name:8s} {name:>10s}: {best * 1e3:8.1f} ms/step "
               f"({rows}; first call incl. compile {compile_s:.1f} s)", flush=True)
     return out

@@ -18,6 +18,7 @@ from popt_jax import signal as sig
 from popt_jax.models import (
     BrainBERT,
     BrainBERTConfig,
+    PackSpec,
     PopT,
     PopTClassifier,
     PopTConfig,
@@ -48,9 +49,9 @@ def perturb(model, seed: int, scale: float = 0.1):
 # Whole-model jit: one compilation per shape instead of op-by-op dispatch (keeps this fast).
 @functools.partial(nnx.jit, static_argnames=("deterministic", "return_attention", "packed"))
 def run_popt(model, x, pad, coords, seq_id=None, deterministic=True, return_attention=False,
-             packed=None):
+             packed=None, out_rows=None):
     return model(x, pad, coords, seq_id, deterministic=deterministic,
-                 return_attention=return_attention, packed=packed)
+                 return_attention=return_attention, packed=packed, out_rows=out_rows)
 
 
 @functools.partial(nnx.jit, static_argnames=("deterministic", "return_attention"))
@@ -415,21 +416,32 @@ def test_packed_popt_equals_padded(popt, deterministic):
 
     def run(packed):
         model = perturb(PopT(SMALL_POPT, rngs=nnx.Rngs(5)), 2)  # same dropout streams each time
+        rows = jnp.asarray(out_rows) if packed is not None and packed.out_slots else None
         return jax.tree.map(np.asarray, run_popt(model, x, pad, coords, seq_id,
                                                  deterministic=deterministic,
-                                                 return_attention=True, packed=packed))
+                                                 return_attention=True, packed=packed,
+                                                 out_rows=rows))
 
     ref = run(None)
+    # Rows the caller reads: CLS and a few tokens (as the pretraining loss).
+    out_rows = np.zeros_like(mask)
+    out_rows[:, 0] = True
+    out_rows[[0, 2, 2, 3], [3, 1, 5, 1]] = True
     for groups in (1, 2, 4):
         n = packed_length(mask, groups, quantum=32)
-        assert n < mask.size // groups  # packing is really on
-        out = run((n, groups))
-        assert max_abs(out.hidden[real], ref.hidden[real]) <= 1e-5
-        assert np.all(out.hidden[mask] == 0)
-        assert max_abs(out.cls_logits, ref.cls_logits) <= 1e-5
-        assert max_abs(out.token_logits[real[:, 1:]], ref.token_logits[real[:, 1:]]) <= 1e-5
-        for a, b in zip(out.attention, ref.attention, strict=True):  # rows of real queries
-            assert max_abs(a.transpose(0, 2, 1, 3)[real], b.transpose(0, 2, 1, 3)[real]) <= 1e-6
+        m = packed_length(~out_rows, groups, quantum=32)
+        assert n < mask.size // groups and m < n  # packing is really on
+        for spec in (PackSpec(n, groups), PackSpec(n, groups, m), PackSpec(None, groups, m)):
+            out = run(spec)
+            rows = out_rows if spec.out_slots else real
+            assert max_abs(out.hidden[rows], ref.hidden[rows]) <= 1e-5, spec
+            assert np.all(out.hidden[~rows] == 0)
+            assert max_abs(out.cls_logits, ref.cls_logits) <= 1e-5
+            tok = rows[:, 1:]
+            assert max_abs(out.token_logits[tok], ref.token_logits[tok]) <= 1e-5
+            for a, b in zip(out.attention, ref.attention, strict=True):  # real query rows
+                assert max_abs(a.transpose(0, 2, 1, 3)[real],
+                               b.transpose(0, 2, 1, 3)[real]) <= 1e-6
     if not deterministic:  # dropout really was on
         eval_ref = jax.tree.map(np.asarray, run_popt(perturb(PopT(SMALL_POPT, rngs=nnx.Rngs(5)), 2),
                                                       x, pad, coords, seq_id))

@@ -305,7 +305,7 @@ def _pretrain_steps(n_steps, dtype=jnp.float32, mesh=None, pack=True):
     out = []
     for i in range(n_steps):
         batch = data.global_batch(i)
-        packed = tl.packing_slots(data._local(batch)["pad_mask"], mesh) if pack else None
+        packed = tl.pack_spec(tl.PRETRAIN, data._local(batch), mesh) if pack else None
         params, opt_state, m, _ = step(params, opt_state, tl.to_global(data._local(batch), mesh),
                                        tl.step_key(key, i), packed)
         out.append({k: float(v) for k, v in m.compute().items()})
@@ -321,7 +321,8 @@ def test_train_step_learns_planted_tokens():
 def test_packed_and_padded_steps_agree():
     """Token packing changes the FLOPs, not the step: same losses and parameters."""
     mesh = tl.make_mesh(1)
-    assert tl.packing_slots(SynthData(tl.PRETRAIN, 16).global_batch(0)["pad_mask"], mesh)
+    spec = tl.pack_spec(tl.PRETRAIN, SynthData(tl.PRETRAIN, 16).global_batch(0), mesh)
+    assert spec.slots and spec.out_slots
     packed, m_packed = _pretrain_steps(3, pack=True)
     padded, m_padded = _pretrain_steps(3, pack=False)
     for a, b in zip(m_packed, m_padded, strict=True):
@@ -329,7 +330,30 @@ def test_packed_and_padded_steps_agree():
     for a, b in zip(jax.tree.leaves(packed), jax.tree.leaves(padded), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # as the 1 vs 8 device test
     # No padding, or padding too small to skip: the padded step.
-    assert tl.packing_slots(np.zeros((16, 8), bool), mesh) is None
+    full = dict(pad_mask=np.zeros((16, 8), bool), token_label=np.ones((16, 8), np.int32))
+    assert tl.pack_spec(tl.PRETRAIN, full, mesh) is None
+    # Fine-tuning reads CLS only: the last layer is cut down even without padding.
+    assert tl.pack_spec(tl.FINETUNE, full, mesh) == models.PackSpec(None, 1, 18)
+
+
+def test_pack_planner_reuses_compiled_shapes():
+    mesh = tl.make_mesh(1)
+    planner = tl.PackPlanner(tl.PRETRAIN, mesh)  # slack 1/8, headroom 1/16 of 16 x 33 rows
+
+    def batch(n_real, n_labelled):
+        pad = np.arange(32)[None] >= np.asarray(n_real)[:, None]
+        lab = np.where(np.arange(32)[None] < np.asarray(n_labelled)[:, None], 1, 0)
+        return dict(pad_mask=pad, token_label=lab.astype(np.int32))
+
+    first = planner(batch([20] * 16, [2] * 16))
+    assert first.slots >= 16 * 21 and first.out_slots >= 16 * 3  # headroom above the need
+    assert planner(batch([20] * 15 + [22], [2] * 16)) is first  # a little more: reused
+    # Far fewer tokens: the old plan would waste more than the slack, so a new one.
+    small = planner(batch([8] * 16, [2] * 16))
+    assert small is not first and small.slots < first.slots
+    assert planner(batch([31] * 16, [2] * 16)) not in (first, small)
+    assert len(planner.used[(16, 32)]) == 3
+    assert tl.PackPlanner(tl.PRETRAIN, mesh, enabled=False)(batch([8] * 16, [2] * 16)) is None
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -576,11 +600,15 @@ def test_tiny_jobs_end_to_end(tiny_finetune):
         train.load_init(workdir)
 
 
-def test_grain_pipeline_resume_is_bitwise(tiny_finetune, tmp_path):
-    """Pretraining stopped after step 3 and resumed replays the uninterrupted sub-run."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_grain_pipeline_resume_is_bitwise(tiny_finetune, tmp_path, workers):
+    """Pretraining stopped after step 3 and resumed replays the uninterrupted sub-run, with
+    batches made in this process or in 2 grain worker processes (whose per-worker iterator
+    states go into the checkpoint)."""
     workdir, _ = tiny_finetune
     cfg = _config("tiny_train", "pretrain")
     cfg.features_dir = str(workdir / "extract" / "features")
+    cfg.data.num_workers = workers
     cfg.stop_after_steps = 3
     assert train.pretrain_job(cfg, str(tmp_path)) == {"stopped_at": 3}
     cfg.stop_after_steps = 0
