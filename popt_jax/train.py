@@ -439,7 +439,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
     batch_size, eval_bs = int(config.batch_size), int(config.get("eval_batch_size") or
                                                       config.batch_size)
     local_bs = tl.local_batch_size(batch_size, mesh)
-    plan = tl.PackPlanner(task, mesh, enabled=bool(config.get("pack_tokens", True)))
+    pack_tokens = bool(config.get("pack_tokens", True))
     train_metrics = None
     last_ckpt = latest
     t_start = time.perf_counter()
@@ -449,7 +449,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
             if len(batch["x"]) != local_bs:
                 raise TrainingError(f"the data layer gave {len(batch['x'])} rows, expected "
                                     f"{local_bs} (batch_size / processes)")
-            packed = plan(batch)
+            packed = tl.pack_spec(task, batch, mesh) if pack_tokens else None
             params, opt_state, m, gnorm = train_step(
                 params, opt_state, tl.to_global(batch, mesh), tl.step_key(base_key, step),
                 packed)

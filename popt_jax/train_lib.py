@@ -593,15 +593,16 @@ def loss_rows(task: str, batch, xp=jnp):
     return xp.concatenate([cls, ((lab == 1) | (lab == 2)) & ~pad], axis=1)
 
 
-def pack_spec(task: str, batch: dict[str, np.ndarray], mesh, quantum: int = 16,
-              out_quantum: int = 64) -> "models.PackSpec | None":
+def pack_spec(task: str, batch: dict[str, np.ndarray], mesh, quantum: int = 8,
+              out_quantum: int = 32) -> "models.PackSpec | None":
     """The static `packed` argument of a train step for this process's (host) `batch`.
 
     One packing group per device of the mesh (rows never leave their device). Slots: the
     fullest group's real tokens (CLS included) and loss rows (`loss_rows`), each rounded up
     by `models.packed_length` (to 1/`quantum`, 1/`out_quantum` of the group: few distinct
     shapes to compile, little waste) and agreed across processes (each compiles the same program);
-    None where packing would not save work. None if neither saves anything.
+    None where packing would not save work. None if neither saves anything. A pure function
+    of the batch (no history), so a resumed run makes the same choices as an uninterrupted one.
     """
     pad_mask = np.asarray(batch["pad_mask"], bool)
     groups = len(mesh.local_devices)
@@ -617,52 +618,6 @@ def pack_spec(task: str, batch: dict[str, np.ndarray], mesh, quantum: int = 16,
     spec = models.PackSpec(slots if slots < full else None, int(mesh.size),
                            out_slots if out_slots < full else None)
     return spec if (spec.slots, spec.out_slots) != (None, None) else None
-
-
-class PackPlanner:
-    """Chooses each batch's `PackSpec`, reusing shapes already compiled.
-
-    Every distinct (batch shape, PackSpec) is one compilation of the train step. A batch
-    whose exact plan (`pack_spec`) fits a plan already used for its shape, with at most
-    `slack` of a group's rows to spare per count, reuses it. Otherwise a new plan is made
-    with `headroom` of a group's rows added to each count, so that the next batches of that
-    shape fit it. Decisions depend only on the (process-agreed) plans in order, so all
-    processes choose alike.
-    """
-
-    def __init__(self, task: str, mesh, enabled: bool = True, slack: float = 0.125,
-                 headroom: float = 0.0625):
-        self.task, self.mesh, self.enabled = task, mesh, enabled
-        self.slack, self.headroom = slack, headroom
-        self.used: dict[tuple, list] = {}
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> "models.PackSpec | None":
-        if not self.enabled:
-            return None
-        need = pack_spec(self.task, batch, self.mesh)
-        shape = np.shape(batch["pad_mask"])
-        full = (shape[0] // len(self.mesh.local_devices)) * (shape[1] + 1)
-
-        def size(plan, i):
-            return full if plan is None or plan[i] is None else plan[i]
-
-        def fits(plan):
-            return all(size(need, i) <= size(plan, i) <= size(need, i) + self.slack * full
-                       for i in (0, 2))
-
-        plans = self.used.setdefault(shape, [])
-        for plan in plans:
-            if fits(plan):
-                return plan
-        if need is not None:
-            counts = [size(need, i) + int(self.headroom * full) for i in (0, 2)]
-            counts = [n if n < full else None for n in counts]
-            need = models.PackSpec(counts[0], need.groups, counts[1])
-            need = None if (need.slots, need.out_slots) == (None, None) else need
-        plans.append(need)
-        logging.info("batch shape %s: token packing %s (a new train-step shape to compile)",
-                     shape, need)
-        return need
 
 
 def step_key(base_key: jax.Array, step: int) -> jax.Array:

@@ -333,27 +333,7 @@ def test_packed_and_padded_steps_agree():
     full = dict(pad_mask=np.zeros((16, 8), bool), token_label=np.ones((16, 8), np.int32))
     assert tl.pack_spec(tl.PRETRAIN, full, mesh) is None
     # Fine-tuning reads CLS only: the last layer is cut down even without padding.
-    assert tl.pack_spec(tl.FINETUNE, full, mesh) == models.PackSpec(None, 1, 18)
-
-
-def test_pack_planner_reuses_compiled_shapes():
-    mesh = tl.make_mesh(1)
-    planner = tl.PackPlanner(tl.PRETRAIN, mesh)  # slack 1/8, headroom 1/16 of 16 x 33 rows
-
-    def batch(n_real, n_labelled):
-        pad = np.arange(32)[None] >= np.asarray(n_real)[:, None]
-        lab = np.where(np.arange(32)[None] < np.asarray(n_labelled)[:, None], 1, 0)
-        return dict(pad_mask=pad, token_label=lab.astype(np.int32))
-
-    first = planner(batch([20] * 16, [2] * 16))
-    assert first.slots >= 16 * 21 and first.out_slots >= 16 * 3  # headroom above the need
-    assert planner(batch([20] * 15 + [22], [2] * 16)) is first  # a little more: reused
-    # Far fewer tokens: the old plan would waste more than the slack, so a new one.
-    small = planner(batch([8] * 16, [2] * 16))
-    assert small is not first and small.slots < first.slots
-    assert planner(batch([31] * 16, [2] * 16)) not in (first, small)
-    assert len(planner.used[(16, 32)]) == 3
-    assert tl.PackPlanner(tl.PRETRAIN, mesh, enabled=False)(batch([8] * 16, [2] * 16)) is None
+    assert tl.pack_spec(tl.FINETUNE, full, mesh) == models.PackSpec(None, 1, 20)
 
 
 def test_bfloat16_compute_keeps_float32_params():
