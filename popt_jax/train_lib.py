@@ -593,8 +593,8 @@ def loss_rows(task: str, batch, xp=jnp):
     return xp.concatenate([cls, ((lab == 1) | (lab == 2)) & ~pad], axis=1)
 
 
-def pack_spec(task: str, batch: dict[str, np.ndarray], mesh, quantum: int = 8,
-              out_quantum: int = 32) -> "models.PackSpec | None":
+def pack_spec(task: str, batch: dict[str, np.ndarray], mesh, quantum: int = 16,
+              out_quantum: int = 64) -> "models.PackSpec | None":
     """The static `packed` argument of a train step for this process's (host) `batch`.
 
     One packing group per device of the mesh (rows never leave their device). Slots: the

@@ -333,7 +333,7 @@ def test_packed_and_padded_steps_agree():
     full = dict(pad_mask=np.zeros((16, 8), bool), token_label=np.ones((16, 8), np.int32))
     assert tl.pack_spec(tl.PRETRAIN, full, mesh) is None
     # Fine-tuning reads CLS only: the last layer is cut down even without padding.
-    assert tl.pack_spec(tl.FINETUNE, full, mesh) == models.PackSpec(None, 1, 20)
+    assert tl.pack_spec(tl.FINETUNE, full, mesh) == models.PackSpec(None, 1, 18)
 
 
 def test_bfloat16_compute_keeps_float32_params():
