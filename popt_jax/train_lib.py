@@ -216,6 +216,20 @@ def masked_mean(values, mask):
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def loss_rows(task: str, batch, xp=jnp):
+    """[B, 1 + n] bool: the rows whose final hidden state the loss reads (CLS first).
+
+    Pretraining: CLS and the labelled tokens (replaced or kept, not padding); fine-tuning:
+    CLS. The same formula runs on the host (`pack_spec`, xp=np) and in the step.
+    """
+    pad = xp.asarray(batch["pad_mask"]).astype(bool)
+    cls = xp.ones((pad.shape[0], 1), bool)
+    if task != PRETRAIN:
+        return xp.concatenate([cls, xp.zeros_like(pad)], axis=1)
+    lab = xp.asarray(batch["token_label"])
+    return xp.concatenate([cls, ((lab == 1) | (lab == 2)) & ~pad], axis=1)
+
+
 def pretrain_loss(cls_logits, token_logits, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """BCE(cls logit, pair label) + BCE(token logit, replaced=1 vs kept=0) on labelled tokens.
 
@@ -228,8 +242,7 @@ def pretrain_loss(cls_logits, token_logits, batch) -> tuple[jax.Array, dict[str,
     cls_bce = optax.sigmoid_binary_cross_entropy(cls_logit, cls_label)
     tok_logit = token_logits[..., 0].astype(jnp.float32)
     tok_label = batch["token_label"]
-    labelled = ((tok_label == 1) | (tok_label == 2)) & ~batch["pad_mask"].astype(bool)
-    labelled = labelled & (w[:, None] > 0)
+    labelled = loss_rows(PRETRAIN, batch)[:, 1:] & (w[:, None] > 0)
     tok_target = (tok_label == 1).astype(jnp.float32)
     tok_bce = optax.sigmoid_binary_cross_entropy(tok_logit, tok_target)
     cls_loss = masked_mean(cls_bce, w)
@@ -577,20 +590,6 @@ def make_eval_step(task: str, parts: ModelParts, mesh) -> Callable:
 @functools.lru_cache(maxsize=None)
 def _step_key_fn():
     return jax.jit(jax.random.fold_in)
-
-
-def loss_rows(task: str, batch, xp=jnp):
-    """[B, 1 + n] bool: the rows whose final hidden state the loss reads (CLS first).
-
-    Pretraining: CLS and the labelled tokens (replaced or kept, not padding); fine-tuning:
-    CLS. The same formula runs on the host (`pack_spec`, xp=np) and in the step.
-    """
-    pad = xp.asarray(batch["pad_mask"]).astype(bool)
-    cls = xp.ones((pad.shape[0], 1), bool)
-    if task != PRETRAIN:
-        return xp.concatenate([cls, xp.zeros_like(pad)], axis=1)
-    lab = xp.asarray(batch["token_label"])
-    return xp.concatenate([cls, ((lab == 1) | (lab == 2)) & ~pad], axis=1)
 
 
 def pack_spec(task: str, batch: dict[str, np.ndarray], mesh, quantum: int = 16,

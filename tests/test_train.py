@@ -304,9 +304,9 @@ def _pretrain_steps(n_steps, dtype=jnp.float32, mesh=None, pack=True):
     key = jax.random.key(0, impl="rbg")
     out = []
     for i in range(n_steps):
-        batch = data.global_batch(i)
-        packed = tl.pack_spec(tl.PRETRAIN, data._local(batch), mesh) if pack else None
-        params, opt_state, m, _ = step(params, opt_state, tl.to_global(data._local(batch), mesh),
+        batch = data._local(data.global_batch(i))
+        packed = tl.pack_spec(tl.PRETRAIN, batch, mesh) if pack else None
+        params, opt_state, m, _ = step(params, opt_state, tl.to_global(batch, mesh),
                                        tl.step_key(key, i), packed)
         out.append({k: float(v) for k, v in m.compute().items()})
     return params, out
