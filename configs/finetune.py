@@ -22,7 +22,7 @@ gamma 0.95 instead of 0.99, the random split and the published PopT sizes (which
 
 from ml_collections import config_dict
 
-from popt_jax.config_lib import load_sibling_config
+from popt_jax.core.config_lib import load_sibling_config
 
 
 def _load(name):

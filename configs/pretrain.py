@@ -23,7 +23,7 @@ published `model.*` sizes (hidden 512, 8 heads, FFN 2048, 6 layers), plus paper 
 
 from ml_collections import config_dict
 
-from popt_jax.config_lib import load_sibling_config
+from popt_jax.core.config_lib import load_sibling_config
 
 
 def _load(name):

@@ -5,7 +5,7 @@
 
 from ml_collections import config_dict
 
-from popt_jax.config_lib import load_sibling_config
+from popt_jax.core.config_lib import load_sibling_config
 
 
 def get_config() -> config_dict.ConfigDict:

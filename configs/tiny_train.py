@@ -10,7 +10,7 @@ a few steps of each job, checkpointing twice, on random splits.
 
 from ml_collections import config_dict
 
-from popt_jax.config_lib import load_sibling_config
+from popt_jax.core.config_lib import load_sibling_config
 
 
 def _load(name):

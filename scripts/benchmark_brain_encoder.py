@@ -26,10 +26,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from popt_jax import dinov2
-from popt_jax import train_lib as tl
-from popt_jax.brain_encoder import BrainEncoder, BrainEncoderConfig
-from popt_jax.brain_encoder_train import make_steps
+from popt_jax.core import mesh as mesh_lib
+from popt_jax.core import steps
+from popt_jax.fmri import dinov2
+from popt_jax.fmri.decoder import BrainEncoder, BrainEncoderConfig
+from popt_jax.fmri.train import make_steps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,14 +55,14 @@ def decoder_jax(a, lh_m, rh_m) -> float:
                              lh_vertices=a.vertices, rh_vertices=a.vertices,
                              lh_queries=len(lh_m), rh_queries=len(rh_m))
     model = BrainEncoder(cfg, lh_m, rh_m, rngs=nnx.Rngs(0))
-    mesh = tl.make_mesh(1)
+    mesh = mesh_lib.make_mesh(1)
     tx = optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(5e-4, weight_decay=1e-4))
-    parts = tl.split_model(model)
-    state = {"params": tl.replicate(parts.params, mesh)}
-    state["opt"] = tl.replicate(tx.init(parts.params), mesh)
+    parts = steps.split_model(model)
+    state = {"params": mesh_lib.replicate(parts.params, mesh)}
+    state["opt"] = mesh_lib.replicate(tx.init(parts.params), mesh)
     train_step, _ = make_steps(parts, tx, mesh)
     rng = np.random.default_rng(0)
-    batch = tl.to_global({
+    batch = mesh_lib.to_global({
         "x": rng.standard_normal((a.batch, a.dim, a.grid, a.grid), np.float32),
         "lh": rng.standard_normal((a.batch, a.vertices), np.float32),
         "rh": rng.standard_normal((a.batch, a.vertices), np.float32),

@@ -32,9 +32,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from popt_jax import features, models
-from popt_jax.data import datasets as ds
-from popt_jax.data.synthetic import write_synthetic_braintreebank
+from popt_jax import ieeg as models
+from popt_jax.ieeg import datasets as ds
+from popt_jax.ieeg import extract as features
+from popt_jax.ieeg import feature_store
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 
 def _feature_store_rate(src: ds.PretrainSource, batch_size: int, batches: int,
@@ -170,7 +172,7 @@ def main() -> None:
             selection=root / "electrode_selections/clean_laplacian.json", tasks=("pretrain",),
             max_windows=args.extract_windows, batch_windows=32, progress_every_s=1e9)
         dt = time.perf_counter() - t0
-        e = len(features.read_attrs(paths[0])["electrode_names"])
+        e = len(feature_store.read_attrs(paths[0])["electrode_names"])
         n = args.extract_windows
         arch = ", ".join(f"{k} {v}" for k, v in base.items())
         print(f"extract_features end to end, small BrainBERT ({arch}), {e} electrodes: "

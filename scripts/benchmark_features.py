@@ -22,7 +22,8 @@ import numpy as np
 import scipy.signal
 from flax import nnx
 
-from popt_jax import models, signal
+from popt_jax import ieeg as models
+from popt_jax.ieeg import signal
 
 
 def _time(fn, repeats: int) -> float:

@@ -38,9 +38,11 @@ import numpy as np
 import torch
 from flax import nnx
 
-from popt_jax import models
-from popt_jax import train_lib as tl
-from popt_jax.data.datasets import DEFAULT_BUCKETS
+from popt_jax import ieeg as models
+from popt_jax.core import mesh as mesh_lib
+from popt_jax.core import steps
+from popt_jax.ieeg import objectives, optim
+from popt_jax.ieeg.datasets import DEFAULT_BUCKETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,25 +111,25 @@ def _config(steps: int = 1000):
 def time_jax(popt_cfg, batches, dtype, repeats: int, pack: bool) -> dict[str, float]:
     """Best seconds per step of the jitted popt_jax step, per batch shape (dict)."""
     model = models.PopT(popt_cfg, rngs=nnx.Rngs(0), dtype=dtype)
-    parts = tl.split_model(model)
-    mesh = tl.make_mesh(1)
-    tx = tl.make_optimizer(_config())
-    params = tl.replicate(parts.params, mesh)
-    opt_state = tl.replicate(tx.init(parts.params), mesh)
-    step = tl.make_train_step(tl.PRETRAIN, parts, tx, mesh)
+    parts = steps.split_model(model)
+    mesh = mesh_lib.make_mesh(1)
+    tx = optim.make_optimizer(_config())
+    params = mesh_lib.replicate(parts.params, mesh)
+    opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
+    step = objectives.make_train_step(objectives.PRETRAIN, parts, tx, mesh)
     key = jax.random.key(0, impl="rbg")
     out = {}
     for name, batch in batches.items():
-        g = tl.to_global(batch, mesh)
-        packed = tl.pack_spec(tl.PRETRAIN, batch, mesh) if pack else None
+        g = mesh_lib.to_global(batch, mesh)
+        packed = objectives.pack_spec(objectives.PRETRAIN, batch, mesh) if pack else None
         t0 = time.perf_counter()
-        params, opt_state, m, _ = step(params, opt_state, g, tl.step_key(key, 0), packed)
+        params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, 0), packed)
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
         best = float("inf")
         for i in range(repeats):
             t0 = time.perf_counter()
-            params, opt_state, m, _ = step(params, opt_state, g, tl.step_key(key, i + 1), packed)
+            params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, i + 1), packed)
             jax.block_until_ready((params, m))
             best = min(best, time.perf_counter() - t0)
         out[name] = best

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Imported here so `--help` is instant and import errors surface as one line below.
-    from popt_jax import convert, torch_pickle
+    from popt_jax.core import torch_pickle
+    from popt_jax.ieeg import convert
 
     out = args.output
     if not out.endswith(".safetensors"):

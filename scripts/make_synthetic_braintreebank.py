@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from popt_jax.data.synthetic import write_synthetic_braintreebank  # noqa: E402
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

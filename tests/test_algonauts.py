@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from popt_jax.data import algonauts as A
-from popt_jax.data import synthetic_algonauts as S
-from popt_jax.data.braintreebank import DataError
+from popt_jax.fmri import algonauts as A
+from popt_jax.fmri import synthetic_algonauts as S
+from popt_jax.ieeg.braintreebank import DataError
 
 SMALL = S.SyntheticAlgonautsConfig(n_train=40, n_test=6, image_size=28, n_vertices=(90, 80))
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from popt_jax import brain_encoder as be
+from popt_jax.fmri import decoder as be
 
 D, HEADS, FF, H, W = 96, 16, 64, 5, 6
 LH_V, RH_V = 40, 35

@@ -16,8 +16,8 @@ import os
 import numpy as np
 import pytest
 
-from popt_jax import brain_encoder_train as BT
-from popt_jax import tb_writer
+from popt_jax.core import tb_writer
+from popt_jax.fmri import train as BT
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

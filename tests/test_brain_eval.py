@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from popt_jax import brain_eval as E
+from popt_jax.fmri import metrics as E
+from popt_jax.fmri import plots as P
 
 
 def test_pearson_hand_computed():
@@ -98,8 +99,8 @@ def test_submission_and_figures(tmp_path):
     s = E.summarize({"lh": np.array([0.2, 0.4]), "rh": np.array([0.1, 0.3])},
                     {h: [("A", "R1", np.array([0])), ("A", "R2", np.array([1]))]
                      for h in ("lh", "rh")})
-    png = E.plot_roi_scores(s, tmp_path / "roi.png", baseline=s)
-    att = E.plot_attention(np.zeros((25, 25, 3), np.uint8), np.random.default_rng(0).random(
+    png = P.plot_roi_scores(s, tmp_path / "roi.png", baseline=s)
+    att = P.plot_attention(np.zeros((25, 25, 3), np.uint8), np.random.default_rng(0).random(
         (2, 4)), ["lh V1v", "lh FFA-1"], (2, 2), 14, tmp_path / "att.png")
     for p in (png, att):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

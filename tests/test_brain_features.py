@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from popt_jax import brain_features as BF
-from popt_jax import dinov2
-from popt_jax.data import algonauts as A
-from popt_jax.data import synthetic_algonauts as S
+from popt_jax.fmri import algonauts as A
+from popt_jax.fmri import dinov2
+from popt_jax.fmri import feature_cache as BF
+from popt_jax.fmri import synthetic_algonauts as S
 
 
 @pytest.fixture(scope="module")

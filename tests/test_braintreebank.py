@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from popt_jax.data.braintreebank import (
+from popt_jax.ieeg.braintreebank import (
     BrainTreebank,
     DataError,
     Localization,
@@ -25,8 +25,8 @@ from popt_jax.data.braintreebank import (
     subject_id,
     trial_id,
 )
-from popt_jax.data.preprocess import PreprocessConfig, preprocess_trial
-from popt_jax.data.synthetic import write_synthetic_braintreebank
+from popt_jax.ieeg.preprocess import PreprocessConfig, preprocess_trial
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 FS = 2048.0
 

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 import torch_reference as ref  # noqa: E402  (tests/ is on sys.path via conftest rootdir)
 
-from popt_jax import convert  # noqa: E402
+from popt_jax.ieeg import convert  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "convert_weights.py")

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from popt_jax import features
-from popt_jax.data import datasets as ds
-from popt_jax.data.braintreebank import DataError
+from popt_jax.ieeg import datasets as ds
+from popt_jax.ieeg import extract as features
+from popt_jax.ieeg import feature_store
+from popt_jax.ieeg.braintreebank import DataError
 
 WINDOW = 10240
 # sklearn 1.5.2: train_test_split(range(n), test_size=v + t, random_state=42), then
@@ -277,7 +278,7 @@ def test_finetune_examples_and_selection(store):
     ex = src[0]
     assert ex["x"].shape == (130, 8) and ex["coords"].dtype == np.int32
     assert ex["label"] in (0, 1) and not ex["seq_id"].any()
-    meta = features.read_attrs(Path(store) / "sub_2_trial000.h5")
+    meta = feature_store.read_attrs(Path(store) / "sub_2_trial000.h5")
     names = meta["electrode_names"]
     wanted = [names[7], names[2], names[40]]  # given out of order
     sel = ds.FinetuneSource(store, "sentence_onset", 2, "train", split_mode="random",

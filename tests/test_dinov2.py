@@ -23,8 +23,9 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_reference_dinov2 as R  # noqa: E402
 
-from popt_jax import convert_dinov2, dinov2, torch_pickle  # noqa: E402
-from popt_jax.convert import ConversionError  # noqa: E402
+from popt_jax.core import torch_pickle  # noqa: E402
+from popt_jax.fmri import convert_dinov2, dinov2  # noqa: E402
+from popt_jax.ieeg.convert import ConversionError  # noqa: E402
 
 pytestmark = pytest.mark.torch
 TOL = 1e-4

@@ -12,10 +12,12 @@ import pytest
 from flax import nnx
 from ml_collections import config_dict
 
-from popt_jax import features, models
-from popt_jax.data import preprocess as pp
-from popt_jax.data.braintreebank import BrainTreebank, DataError, load_selection
-from popt_jax.data.synthetic import write_synthetic_braintreebank
+from popt_jax.ieeg import brainbert as models
+from popt_jax.ieeg import extract as features
+from popt_jax.ieeg import feature_store
+from popt_jax.ieeg import preprocess as pp
+from popt_jax.ieeg.braintreebank import BrainTreebank, DataError, load_selection
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = models.BrainBERTConfig(hidden_dim=32, n_heads=1, ff_dim=64, n_layers=1)
@@ -62,8 +64,8 @@ def test_layout_shapes_and_attrs(tree, store, model):
     bt = BrainTreebank(tree)
     trial = pp.preprocess_trial(bt, 1, 0, load_selection(_selection(tree))["sub_1"], cfg)
     n_samples = trial.data.shape[1]
-    meta = features.read_attrs(path)
-    assert meta["format"] == features.FORMAT
+    meta = feature_store.read_attrs(path)
+    assert meta["format"] == feature_store.FORMAT
     assert meta["checkpoint_hash"] == "tiny-0"
     assert meta["preprocess_config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))
     assert meta["fs"] == 2048.0 and meta["hidden_dim"] == 32 and meta["n_samples"] == n_samples
@@ -85,14 +87,14 @@ def test_layout_shapes_and_attrs(tree, store, model):
         win = f["windows/starts"][:]
         assert np.all(np.diff(win) > 0)
         assert f["windows/embeddings"].shape == (len(win), e, 32)
-        for task in features.FINETUNE_TASKS:
+        for task in feature_store.FINETUNE_TASKS:
             ex = pp.make_task(task, words, n_samples, cfg)
             g = f[task]
             np.testing.assert_array_equal(g["starts"][:], ex.starts)
             np.testing.assert_array_equal(g["labels"][:], ex.labels.astype(np.int8))
             np.testing.assert_array_equal(win[g["index"][:]], ex.starts)
             np.testing.assert_array_equal(g["word_rows"][:], ex.word_rows)
-            emb, labels, starts = features.task_arrays(f, task)
+            emb, labels, starts = feature_store.task_arrays(f, task)
             assert emb.shape == (len(ex), e, 32) and np.isfinite(emb).all()
             np.testing.assert_array_equal(labels, ex.labels)
         # The stored numbers are BrainBERT's on those windows (batch padding changes nothing).
@@ -147,7 +149,7 @@ def test_crash_leaves_no_file_and_rerun_completes(tree, model, tmp_path, monkeyp
                                       selection=_selection(tree), tasks=("pretrain",),
                                       max_windows=12, batch_windows=4)
     assert [p.name for p in tmp_path.iterdir()] == ["sub_1_trial000.h5"]
-    assert features.read_attrs(paths[0])["groups"] == {"pretrain": 12}
+    assert feature_store.read_attrs(paths[0])["groups"] == {"pretrain": 12}
 
 
 def test_stale_tmp_is_replaced(tree, model, tmp_path):
@@ -195,11 +197,11 @@ def test_only_memory_settings_may_differ(tree, model, store):
 def test_random_features_writer(tmp_path):
     path = features.write_random_features(tmp_path, 2, 1, n_electrodes=12, n_windows=30,
                                           n_task=20, hidden_dim=8)
-    meta = features.read_attrs(path)
+    meta = feature_store.read_attrs(path)
     assert path.name == "sub_2_trial001.h5" and len(meta["electrode_names"]) == 12
     assert meta["groups"]["pretrain"] == 30 and meta["groups"]["volume"] == 20
     with h5py.File(path) as f:
-        emb, labels, starts = features.task_arrays(f, "word_onset")
+        emb, labels, starts = feature_store.task_arrays(f, "word_onset")
         assert emb.shape == (20, 12, 8) and set(labels.tolist()) == {0, 1}
 
 
@@ -207,7 +209,7 @@ def test_not_a_feature_file(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f.attrs["format"] = "something else"
     with pytest.raises(DataError, match="x.h5"):
-        features.read_attrs(tmp_path / "x.h5")
+        feature_store.read_attrs(tmp_path / "x.h5")
 
 
 def test_job_end_to_end(tmp_path):

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from popt_jax import features, models
-from popt_jax.data import datasets as ds
-from popt_jax.data.synthetic import write_synthetic_braintreebank
+from popt_jax import ieeg as models
+from popt_jax.ieeg import datasets as ds
+from popt_jax.ieeg import extract as features
+from popt_jax.ieeg import feature_store
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 SMALL = models.BrainBERTConfig(hidden_dim=32, n_heads=1, ff_dim=64, n_layers=1)
 TEST_FRAC = 0.3
@@ -110,18 +112,18 @@ def stores(tmp_path_factory) -> dict[bool, Path]:
         features.extract_features(
             root, out[plant], checkpoint_hash="random-seed-0/small", brainbert=model,
             selection=root / "electrode_selections/clean_laplacian.json",
-            tasks=features.FINETUNE_TASKS, batch_windows=32)
+            tasks=feature_store.FINETUNE_TASKS, batch_windows=32)
     return out
 
 
-@pytest.mark.parametrize("task", features.FINETUNE_TASKS)
+@pytest.mark.parametrize("task", feature_store.FINETUNE_TASKS)
 def test_probe_decodes_planted_structure(stores, task):
     auc, n_train, n_test = probe_auc(stores[True], task)
     assert n_train >= 50 and n_test >= 25
     assert auc >= 0.7, f"{task}: test ROC-AUC {auc:.3f} with the planted structure"
 
 
-@pytest.mark.parametrize("task", features.FINETUNE_TASKS)
+@pytest.mark.parametrize("task", feature_store.FINETUNE_TASKS)
 def test_probe_is_at_chance_without_plant(stores, task):
     auc, _, _ = probe_auc(stores[False], task)
     assert abs(auc - 0.5) < 0.15, f"{task}: test ROC-AUC {auc:.3f} without planted structure"

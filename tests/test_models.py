@@ -14,22 +14,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from popt_jax import signal as sig
-from popt_jax.models import (
+from popt_jax.ieeg import (
     BrainBERT,
     BrainBERTConfig,
-    PackSpec,
     PopT,
     PopTClassifier,
     PopTConfig,
     brainbert_embed,
-    center_pool,
-    hashed_bits,
-    make_packing,
-    pack,
-    packed_length,
-    unpack,
 )
+from popt_jax.ieeg import signal as sig
+from popt_jax.ieeg.brainbert import center_pool
+from popt_jax.ieeg.layers import PackSpec, hashed_bits, make_packing, pack, packed_length, unpack
 
 SMALL_BB = BrainBERTConfig(hidden_dim=64, n_heads=4, ff_dim=128, n_layers=2)
 SMALL_POPT = PopTConfig(input_dim=48, hidden_dim=64, n_heads=4, ff_dim=128, n_layers=2)

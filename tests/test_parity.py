@@ -28,8 +28,12 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_reference as R  # noqa: E402
 
-from popt_jax import convert  # noqa: E402
-from popt_jax.models import PopT, PopTClassifier, brainbert_embed  # noqa: E402
+from popt_jax.ieeg import (  # noqa: E402
+    PopT,
+    PopTClassifier,
+    brainbert_embed,
+    convert,  # noqa: E402
+)
 
 pytestmark = pytest.mark.torch
 
@@ -389,7 +393,7 @@ def test_loading_without_torch(popt_ref, popt_ckpt, bb_ref, bb_ckpt, popt_inputs
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         import numpy as np
         import jax.numpy as jnp
-        from popt_jax import convert
+        from popt_jax.ieeg import convert
         ref = np.load({str(ref_file)!r})
         from flax import nnx
         model = convert.load_popt({str(popt_ckpt)!r})

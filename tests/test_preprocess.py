@@ -13,9 +13,9 @@ import pytest
 import scipy.stats
 from scipy import signal
 
-from popt_jax.data import preprocess as pp
-from popt_jax.data.braintreebank import BrainTreebank, Words, load_selection
-from popt_jax.data.synthetic import write_synthetic_braintreebank
+from popt_jax.ieeg import preprocess as pp
+from popt_jax.ieeg.braintreebank import BrainTreebank, Words, load_selection
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 FS = 2048.0
 W = 10240

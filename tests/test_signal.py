@@ -18,7 +18,7 @@ import pytest
 import scipy.signal
 import scipy.stats
 
-from popt_jax import signal as sig
+from popt_jax.ieeg import signal as sig
 
 N_SAMPLES = 10240  # 5 s at 2048 Hz
 FS = 2048

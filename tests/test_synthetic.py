@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from popt_jax.data import preprocess as pp
-from popt_jax.data.braintreebank import BrainTreebank, laplacian_neighbours, load_selection
-from popt_jax.data.synthetic import write_synthetic_braintreebank
+from popt_jax.ieeg import preprocess as pp
+from popt_jax.ieeg.braintreebank import BrainTreebank, laplacian_neighbours, load_selection
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 FS = 2048.0
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from popt_jax import tb_writer
+from popt_jax.core import tb_writer
 
 
 def test_crc32c_known_vectors():

@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from popt_jax.torch_pickle import (
+from popt_jax.core.torch_pickle import (
     CheckpointError,
     UnsafeCheckpointError,
     load_pth,
@@ -257,7 +257,7 @@ def test_loads_without_torch_or_omegaconf(ckpt_files):
         "import sys\n"
         "sys.modules['torch'] = None\n"
         "sys.modules['omegaconf'] = None\n"
-        "from popt_jax.torch_pickle import load_pth\n"
+        "from popt_jax.core.torch_pickle import load_pth\n"
         "for p in sys.argv[1:]:\n"
         "    ck = load_pth(p)\n"
         "    print(len(ck), len(ck['model']), ck['model']['bf16'].dtype, type(ck.get('model_cfg')).__name__)\n"

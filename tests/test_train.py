@@ -20,8 +20,11 @@ import optax
 import pytest
 from flax import nnx
 
-from popt_jax import jsonio, models, tb_writer, train
-from popt_jax import train_lib as tl
+from popt_jax import errors
+from popt_jax import ieeg as models
+from popt_jax.core import checkpoints, jsonio, metrics, steps, tb_writer
+from popt_jax.core import mesh as mesh_lib
+from popt_jax.ieeg import layers, objectives, optim, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +51,7 @@ class SynthData:
         x = rs.standard_normal((b, n, d)).astype(np.float32)
         pad = np.arange(n)[None] >= n - rs.integers(0, 5, b)[:, None]  # 0-4 padded per row
         out = dict(x=x, pad_mask=pad, coords=rs.integers(0, 200, (b, n, 3)).astype(np.int32))
-        if self.task == tl.PRETRAIN:
+        if self.task == objectives.PRETRAIN:
             out["seq_id"] = (np.arange(n)[None] >= n // 2).repeat(b, 0).astype(np.int32)
             out["cls_label"] = rs.integers(0, 2, b).astype(np.int32)
             lab = rs.integers(0, 3, (b, n)).astype(np.int32)
@@ -105,7 +108,7 @@ class SynthData:
             b = min(self.bs, left)
             rows = self._rows(rs, b)
             if jax.process_count() > 1:  # keep every process at the same number of rows
-                rows = tl.pad_rows(rows, self.bs)
+                rows = mesh_lib.pad_rows(rows, self.bs)
             yield self._local(rows)
             left -= b
 
@@ -113,7 +116,7 @@ class SynthData:
 def synth_config(task, **overrides):
     c = ml_collections.ConfigDict(dict(
         seed=0, total_steps=12, batch_size=8, eval_batch_size=8, lr=2e-3, warmup=0.1,
-        gamma=0.9, optimizer="lamb" if task == tl.PRETRAIN else "adamw", weight_decay=0.01,
+        gamma=0.9, optimizer="lamb" if task == objectives.PRETRAIN else "adamw", weight_decay=0.01,
         body_lr_scale=0.1, grad_clip=1.0, log_every=1, eval_every=4, keep_checkpoints=2,
         compute_dtype="float32", rng_impl="rbg", stop_after_steps=0, num_devices=0,
         model=dict(hidden_dim=32, n_heads=2, ff_dim=64, n_layers=1)))
@@ -159,14 +162,14 @@ def _load_script(name):
 
 def test_ramp_up_schedule_step_arithmetic():
     # total 1000: W = int(0.025 * 1000) = 25 warm-up steps, decay period int(975 / 100) = 9.
-    sched = tl.ramp_up_schedule(1.0, 1000, 0.025, 0.5)
-    assert tl.ramp_up_steps(1000, 0.025) == (25, 9)
+    sched = optim.ramp_up_schedule(1.0, 1000, 0.025, 0.5)
+    assert optim.ramp_up_steps(1000, 0.025) == (25, 9)
     expected = {0: 0.0, 1: 1 / 25, 10: 10 / 25, 25: 1.0, 26: 1.0, 34: 1.0, 35: 0.5, 43: 0.5,
                 44: 0.25, 26 + 9 * 5: 0.5**5}
     for t, lr in expected.items():
         assert float(sched(t)) == pytest.approx(lr, rel=1e-6), t
     # No warm-up when int(warmup * total) == 0; the period never drops below 1.
-    sched = tl.ramp_up_schedule(2.0, 30, 0.025, 0.9)
+    sched = optim.ramp_up_schedule(2.0, 30, 0.025, 0.9)
     assert [round(float(sched(t)), 6) for t in range(4)] == [2.0, 2.0, 1.8, 1.62]
 
 
@@ -186,7 +189,7 @@ def test_lamb_matches_torch_reference(weight_decay):
               0.1 * rs.standard_normal(7).astype(np.float32), np.zeros(5, np.float32)]
     grads = [[rs.standard_normal(p.shape).astype(np.float32) for p in params]
              for _ in range(4)]
-    tx = tl.lamb(1e-2, weight_decay=weight_decay)
+    tx = optim.lamb(1e-2, weight_decay=weight_decay)
     state = tx.init(params)
     ours = [jnp.asarray(p) for p in params]
     tparams = _torch_tree(params)
@@ -202,8 +205,8 @@ def test_lamb_matches_torch_reference(weight_decay):
 
 
 def test_finetune_optimizer_body_at_tenth_of_head_lr():
-    cfg = synth_config(tl.FINETUNE, warmup=0.0, lr=1e-2, grad_clip=0.0, weight_decay=0.0)
-    tx = tl.make_optimizer(cfg)
+    cfg = synth_config(objectives.FINETUNE, warmup=0.0, lr=1e-2, grad_clip=0.0, weight_decay=0.0)
+    tx = optim.make_optimizer(cfg)
     params = {"linear_out": {"kernel": jnp.ones((3,))}, "upstream": {"w": jnp.ones((3,))}}
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -211,7 +214,7 @@ def test_finetune_optimizer_body_at_tenth_of_head_lr():
     np.testing.assert_allclose(updates["linear_out"]["kernel"], -1e-2, rtol=1e-4)
     np.testing.assert_allclose(updates["upstream"]["w"], -1e-3, rtol=1e-4)
     # Decoupled weight decay scales with each group's lr, as torch.optim.AdamW.
-    tx = tl.make_optimizer(synth_config(tl.FINETUNE, warmup=0.0, lr=1e-2, grad_clip=0.0,
+    tx = optim.make_optimizer(synth_config(objectives.FINETUNE, warmup=0.0, lr=1e-2, grad_clip=0.0,
                                         weight_decay=0.5))
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
@@ -237,11 +240,11 @@ def test_pretrain_loss_hand_computed():
         # 1 replaced (positive), 2 kept (negative), 0 unused; the padded token is ignored
         # even though it carries a label.
         token_label=np.array([[1, 2, 0, 1], [0, 2, 1, 0]]))
-    loss, out = tl.pretrain_loss(cls_logits, tok, batch)
+    loss, out = objectives.pretrain_loss(cls_logits, tok, batch)
     cls = (_bce(0.5, 1) + _bce(-1.0, 0)) / 2
     token = (_bce(2.0, 1) + _bce(-1.0, 0) + _bce(1.0, 0) + _bce(-2.0, 1)) / 4
     assert float(loss) == pytest.approx(cls + token, rel=1e-6)
-    m = tl.PretrainMetrics.single_from_model_output(**out).compute()
+    m = objectives.PretrainMetrics.single_from_model_output(**out).compute()
     assert float(m["cls_loss"]) == pytest.approx(cls, rel=1e-6)
     assert float(m["token_loss"]) == pytest.approx(token, rel=1e-6)
     assert float(m["cls_accuracy"]) == pytest.approx(1.0)  # 0.5 -> 1, -1 -> 0
@@ -252,24 +255,24 @@ def test_finetune_loss_and_weights():
     logits = jnp.array([[1.0], [-2.0], [3.0]])
     batch = dict(x=np.zeros((3, 1, 1)), label=np.array([1, 1, 0]),
                  weight=np.array([1.0, 1.0, 0.0]))  # row 3 is filler
-    loss, out = tl.finetune_loss(logits, batch)
+    loss, out = objectives.finetune_loss(logits, batch)
     assert float(loss) == pytest.approx((_bce(1.0, 1) + _bce(-2.0, 1)) / 2, rel=1e-6)
-    m = tl.FinetuneMetrics.single_from_model_output(**out).compute()
+    m = objectives.FinetuneMetrics.single_from_model_output(**out).compute()
     assert float(m["accuracy"]) == pytest.approx(0.5)
 
 
 def test_roc_auc_and_f1_hand_computed():
     # Pairs (pos, neg): 0.8>0.1, 0.8>0.4, 0.4=0.4 (ties count 1/2), 0.4>0.1 -> 3.5 / 4.
-    assert tl.roc_auc([1, 0, 1, 0], [0.8, 0.1, 0.4, 0.4]) == pytest.approx(0.875)
-    assert tl.roc_auc([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0
-    assert tl.roc_auc([0, 0, 1], [0.9, 0.8, 0.1]) == 0.0
-    assert np.isnan(tl.roc_auc([1, 1], [0.1, 0.2]))
+    assert metrics.roc_auc([1, 0, 1, 0], [0.8, 0.1, 0.4, 0.4]) == pytest.approx(0.875)
+    assert metrics.roc_auc([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0
+    assert metrics.roc_auc([0, 0, 1], [0.9, 0.8, 0.1]) == 0.0
+    assert np.isnan(metrics.roc_auc([1, 1], [0.1, 0.2]))
     # tp 2, fp 1, fn 1 -> 2*2 / (2*2 + 1 + 1) = 2/3
-    assert tl.f1_score([1, 1, 1, 0, 0], [1, 1, 0, 1, 0]) == pytest.approx(2 / 3)
-    assert tl.f1_score([0, 0], [0, 0]) == 0.0
-    preds = tl.Predictions.empty()
+    assert metrics.f1_score([1, 1, 1, 0, 0], [1, 1, 0, 1, 0]) == pytest.approx(2 / 3)
+    assert metrics.f1_score([0, 0], [0, 0]) == 0.0
+    preds = objectives.Predictions.empty()
     for lo, la, ma in [([2.0, -1.0], [1, 0], [1, 1]), ([0.5, 9.0], [0, 1], [1, 0])]:
-        preds = preds.merge(tl.Predictions.from_model_output(
+        preds = preds.merge(objectives.Predictions.from_model_output(
             logits=np.array(lo), labels=np.array(la), mask=np.array(ma, bool),
             ids=np.array([len(preds.values.get("ids", ())) * 2 + i for i in range(2)])))
     out = preds.compute()
@@ -286,7 +289,7 @@ def test_roc_auc_and_f1_hand_computed():
 def _tiny_parts(task, dtype=jnp.float32, input_dim=16):
     popt_cfg = models.PopTConfig(input_dim=input_dim, hidden_dim=32, n_heads=2, ff_dim=64,
                                  n_layers=1)
-    return tl.split_model(train.build_model(task, popt_cfg, seed=0, dtype=dtype))
+    return steps.split_model(train.build_model(task, popt_cfg, seed=0, dtype=dtype))
 
 
 def _pretrain_steps(n_steps, dtype=jnp.float32, mesh=None, pack=True):
@@ -294,20 +297,20 @@ def _pretrain_steps(n_steps, dtype=jnp.float32, mesh=None, pack=True):
 
     The sharding worker runs exactly this (same config, so the same compiled step).
     """
-    parts = _tiny_parts(tl.PRETRAIN, dtype)
-    mesh = mesh or tl.make_mesh(1)
-    tx = tl.make_optimizer(synth_config(tl.PRETRAIN, lr=2e-2, total_steps=40, warmup=0.0))
-    params = tl.replicate(parts.params, mesh)
-    opt_state = tl.replicate(tx.init(parts.params), mesh)
-    step = tl.make_train_step(tl.PRETRAIN, parts, tx, mesh)
-    data = SynthData(tl.PRETRAIN, 16)
+    parts = _tiny_parts(objectives.PRETRAIN, dtype)
+    mesh = mesh or mesh_lib.make_mesh(1)
+    tx = optim.make_optimizer(synth_config(objectives.PRETRAIN, lr=2e-2, total_steps=40, warmup=0.0))
+    params = mesh_lib.replicate(parts.params, mesh)
+    opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
+    step = objectives.make_train_step(objectives.PRETRAIN, parts, tx, mesh)
+    data = SynthData(objectives.PRETRAIN, 16)
     key = jax.random.key(0, impl="rbg")
     out = []
     for i in range(n_steps):
         batch = data._local(data.global_batch(i))
-        packed = tl.pack_spec(tl.PRETRAIN, batch, mesh) if pack else None
-        params, opt_state, m, _ = step(params, opt_state, tl.to_global(batch, mesh),
-                                       tl.step_key(key, i), packed)
+        packed = objectives.pack_spec(objectives.PRETRAIN, batch, mesh) if pack else None
+        params, opt_state, m, _ = step(params, opt_state, mesh_lib.to_global(batch, mesh),
+                                       steps.step_key(key, i), packed)
         out.append({k: float(v) for k, v in m.compute().items()})
     return params, out
 
@@ -320,8 +323,8 @@ def test_train_step_learns_planted_tokens():
 
 def test_packed_and_padded_steps_agree():
     """Token packing changes the FLOPs, not the step: same losses and parameters."""
-    mesh = tl.make_mesh(1)
-    spec = tl.pack_spec(tl.PRETRAIN, SynthData(tl.PRETRAIN, 16).global_batch(0), mesh)
+    mesh = mesh_lib.make_mesh(1)
+    spec = objectives.pack_spec(objectives.PRETRAIN, SynthData(objectives.PRETRAIN, 16).global_batch(0), mesh)
     assert spec.slots and spec.out_slots
     packed, m_packed = _pretrain_steps(3, pack=True)
     padded, m_padded = _pretrain_steps(3, pack=False)
@@ -331,9 +334,9 @@ def test_packed_and_padded_steps_agree():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # as the 1 vs 8 device test
     # No padding, or padding too small to skip: the padded step.
     full = dict(pad_mask=np.zeros((16, 8), bool), token_label=np.ones((16, 8), np.int32))
-    assert tl.pack_spec(tl.PRETRAIN, full, mesh) is None
+    assert objectives.pack_spec(objectives.PRETRAIN, full, mesh) is None
     # Fine-tuning reads CLS only: the last layer is cut down even without padding.
-    assert tl.pack_spec(tl.FINETUNE, full, mesh) == models.PackSpec(None, 1, 18)
+    assert objectives.pack_spec(objectives.FINETUNE, full, mesh) == layers.PackSpec(None, 1, 18)
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -345,17 +348,17 @@ def test_bfloat16_compute_keeps_float32_params():
 
 
 def test_dropout_keys_depend_only_on_step():
-    parts = _tiny_parts(tl.FINETUNE)
-    mesh = tl.make_mesh(1)
-    tx = tl.make_optimizer(synth_config(tl.FINETUNE))
-    step = tl.make_train_step(tl.FINETUNE, parts, tx, mesh)
-    batch = tl.to_global(SynthData(tl.FINETUNE, 8).global_batch(0), mesh)
+    parts = _tiny_parts(objectives.FINETUNE)
+    mesh = mesh_lib.make_mesh(1)
+    tx = optim.make_optimizer(synth_config(objectives.FINETUNE))
+    step = objectives.make_train_step(objectives.FINETUNE, parts, tx, mesh)
+    batch = mesh_lib.to_global(SynthData(objectives.FINETUNE, 8).global_batch(0), mesh)
     key = jax.random.key(3, impl="rbg")
 
     def run(i):
-        params = tl.replicate(parts.params, mesh)
-        opt_state = tl.replicate(tx.init(parts.params), mesh)
-        return float(step(params, opt_state, batch, tl.step_key(key, i))[2].compute()["loss"])
+        params = mesh_lib.replicate(parts.params, mesh)
+        opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
+        return float(step(params, opt_state, batch, steps.step_key(key, i))[2].compute()["loss"])
 
     assert run(5) == run(5)
     assert run(5) != run(6)
@@ -371,14 +374,14 @@ def finetune_runs(tmp_path_factory):
     """An uninterrupted fine-tuning run, and the same run stopped after step 5 and resumed."""
     base = tmp_path_factory.mktemp("resume")
     full, split = str(base / "full"), str(base / "split")
-    data = SynthData(tl.FINETUNE, 8)
-    r_full = train.train_and_evaluate(synth_config(tl.FINETUNE), full, task=tl.FINETUNE,
+    data = SynthData(objectives.FINETUNE, 8)
+    r_full = train.train_and_evaluate(synth_config(objectives.FINETUNE), full, task=objectives.FINETUNE,
                                       data=data)
-    stopped = train.train_and_evaluate(synth_config(tl.FINETUNE, stop_after_steps=5), split,
-                                       task=tl.FINETUNE, data=data)
+    stopped = train.train_and_evaluate(synth_config(objectives.FINETUNE, stop_after_steps=5), split,
+                                       task=objectives.FINETUNE, data=data)
     assert stopped == {"stopped_at": 5}
     assert sorted(jsonl(split)) == [1, 2, 3, 4, 5]
-    r_split = train.train_and_evaluate(synth_config(tl.FINETUNE), split, task=tl.FINETUNE,
+    r_split = train.train_and_evaluate(synth_config(objectives.FINETUNE), split, task=objectives.FINETUNE,
                                        data=data)
     return full, split, r_full, r_split
 
@@ -415,8 +418,8 @@ def test_outputs_of_a_run(finetune_runs):
 
 def test_finished_run_is_not_redone(finetune_runs):
     full, _, r_full, _ = finetune_runs
-    again = train.train_and_evaluate(synth_config(tl.FINETUNE), full, task=tl.FINETUNE,
-                                     data=SynthData(tl.FINETUNE, 8))
+    again = train.train_and_evaluate(synth_config(objectives.FINETUNE), full, task=objectives.FINETUNE,
+                                     data=SynthData(objectives.FINETUNE, 8))
     assert again["test"] == r_full["test"]
     assert sorted(jsonl(full)) == list(range(1, 13))
 
@@ -425,19 +428,19 @@ def test_workdir_of_another_model_is_refused(finetune_runs):
     full, *_ = finetune_runs
     ckpt = os.path.join(full, "checkpoints")
     before = {p: os.path.getmtime(os.path.join(ckpt, p)) for p in os.listdir(ckpt)}
-    other = synth_config(tl.FINETUNE, model=dict(hidden_dim=64, n_heads=2, ff_dim=64,
+    other = synth_config(objectives.FINETUNE, model=dict(hidden_dim=64, n_heads=2, ff_dim=64,
                                                  n_layers=1))
-    with pytest.raises(tl.TrainingError, match="different run.*nothing was overwritten"):
-        train.train_and_evaluate(other, full, task=tl.FINETUNE, data=SynthData(tl.FINETUNE, 8))
-    with pytest.raises(tl.TrainingError, match="task"):
-        train.train_and_evaluate(synth_config(tl.PRETRAIN), full, task=tl.PRETRAIN,
-                                 data=SynthData(tl.PRETRAIN, 8))
+    with pytest.raises(errors.TrainingError, match="different run.*nothing was overwritten"):
+        train.train_and_evaluate(other, full, task=objectives.FINETUNE, data=SynthData(objectives.FINETUNE, 8))
+    with pytest.raises(errors.TrainingError, match="task"):
+        train.train_and_evaluate(synth_config(objectives.PRETRAIN), full, task=objectives.PRETRAIN,
+                                 data=SynthData(objectives.PRETRAIN, 8))
     assert before == {p: os.path.getmtime(os.path.join(ckpt, p)) for p in os.listdir(ckpt)}
 
 
 def test_checkpoints_keep_latest_and_best(tmp_path):
-    meta = train.model_meta(tl.FINETUNE, models.PopTConfig(n_layers=1))
-    ckpts = train.Checkpoints(tmp_path / "ck", meta, keep=2, best_metric="roc_auc",
+    meta = train.model_meta(objectives.FINETUNE, models.PopTConfig(n_layers=1))
+    ckpts = checkpoints.Checkpoints(tmp_path / "ck", meta, keep=2, best_metric="roc_auc",
                               best_mode="max")
     params, opt_state = {"w": jnp.zeros(3)}, {"m": jnp.ones(2)}
     for step, auc in zip(range(1, 6), [0.5, 0.9, 0.6, 0.7, 0.65], strict=True):
@@ -450,15 +453,15 @@ def test_checkpoints_keep_latest_and_best(tmp_path):
     np.testing.assert_array_equal(restored["params"]["w"], np.full(3, 2.0))
     assert restored["progress"] == {"step": 2}
     ckpts.close()
-    low = train.Checkpoints(tmp_path / "ck", meta, best_metric="loss", best_mode="min")
+    low = checkpoints.Checkpoints(tmp_path / "ck", meta, best_metric="loss", best_mode="min")
     assert low.latest_step() == 5
     low.close()
 
 
 def test_non_finite_loss_stops_the_run(tmp_path):
-    data = SynthData(tl.FINETUNE, 8, nan_at=2)
-    with pytest.raises(tl.TrainingError, match="non-finite training loss at step 3"):
-        train.train_and_evaluate(synth_config(tl.FINETUNE), str(tmp_path), task=tl.FINETUNE,
+    data = SynthData(objectives.FINETUNE, 8, nan_at=2)
+    with pytest.raises(errors.TrainingError, match="non-finite training loss at step 3"):
+        train.train_and_evaluate(synth_config(objectives.FINETUNE), str(tmp_path), task=objectives.FINETUNE,
                                  data=data)
     assert not os.path.exists(os.path.join(tmp_path, "results.json"))
 
@@ -472,7 +475,7 @@ def _same_params(a, b):
 
 
 def test_init_from_converted_and_upstream_checkpoints(tmp_path):
-    from popt_jax import convert
+    from popt_jax.ieeg import convert
 
     cfg = models.PopTConfig(input_dim=16, hidden_dim=32, n_heads=2, ff_dim=2048, n_layers=1)
     src = models.PopT(cfg, rngs=nnx.Rngs(7))
@@ -503,7 +506,7 @@ def test_init_from_converted_and_upstream_checkpoints(tmp_path):
 
 def _worker_sharding(out_path):
     """Two pretraining steps on fixed global batches of 16 over every visible device."""
-    params, metrics = _pretrain_steps(2, mesh=tl.make_mesh())
+    params, metrics = _pretrain_steps(2, mesh=mesh_lib.make_mesh())
     flat = {"/".join(map(str, p)): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(params)}
     np.savez(out_path, losses=np.array([m["loss"] for m in metrics]),
@@ -576,7 +579,7 @@ def test_tiny_jobs_end_to_end(tiny_finetune):
             == list(range(1, 7))
         # The grain iterator state is checkpointed beside the model.
         assert (run / "checkpoints" / "6" / "data" / "process_0-of-1.json").exists()
-    with pytest.raises(tl.TrainingError, match="not a popt_jax pretraining workdir"):
+    with pytest.raises(errors.TrainingError, match="not a popt_jax pretraining workdir"):
         train.load_init(workdir)
 
 
@@ -616,7 +619,7 @@ def test_command_line(tiny_finetune):
 
 
 def _planted_store(base, plant):
-    from popt_jax import features
+    from popt_jax.ieeg import extract as features
 
     cfg = _config("extract_features", None)
     cfg.data.synthetic.n_subjects = 1
@@ -642,8 +645,8 @@ def test_finetuning_finds_the_planted_signal(tmp_path, plant):
     cfg.model.update(hidden_dim=64, n_layers=2, n_heads=4, ff_dim=128)
     cfg.update(task="word_onset", total_steps=300, batch_size=32, eval_every=50, log_every=50,
                lr=1e-3, body_lr_scale=1.0, gamma=1.0)
-    data = train.StoreData(cfg, store, tl.FINETUNE)
-    results = train.train_and_evaluate(cfg, str(tmp_path / "run"), task=tl.FINETUNE,
+    data = train.StoreData(cfg, store, objectives.FINETUNE)
+    results = train.train_and_evaluate(cfg, str(tmp_path / "run"), task=objectives.FINETUNE,
                                        data=data)
     auc = results["test"]["roc_auc"]
     if plant:
@@ -654,12 +657,12 @@ def test_finetuning_finds_the_planted_signal(tmp_path, plant):
 
 def _worker_multihost(pid, port, workdir):
     """Process `pid` of 2 (one CPU device each) fine-tuning on SynthData with a shared workdir."""
-    cfg = synth_config(tl.FINETUNE, total_steps=6, eval_every=3, distributed=True,
+    cfg = synth_config(objectives.FINETUNE, total_steps=6, eval_every=3, distributed=True,
                        coordinator_address=f"localhost:{port}", num_processes=2,
                        process_id=int(pid))
-    tl.maybe_initialize_distributed(cfg)
+    mesh_lib.maybe_initialize_distributed(cfg)
     assert jax.process_count() == 2 and jax.device_count() == 2
-    train.train_and_evaluate(cfg, workdir, task=tl.FINETUNE, data=SynthData(tl.FINETUNE, 8))
+    train.train_and_evaluate(cfg, workdir, task=objectives.FINETUNE, data=SynthData(objectives.FINETUNE, 8))
 
 
 @pytest.mark.slow
@@ -677,8 +680,8 @@ def test_two_processes_match_one(tmp_path):
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
-    train.train_and_evaluate(synth_config(tl.FINETUNE, total_steps=6, eval_every=3), single,
-                             task=tl.FINETUNE, data=SynthData(tl.FINETUNE, 8))
+    train.train_and_evaluate(synth_config(objectives.FINETUNE, total_steps=6, eval_every=3), single,
+                             task=objectives.FINETUNE, data=SynthData(objectives.FINETUNE, 8))
     a, b = jsonl(multi), jsonl(single)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for s in a:

@@ -42,6 +42,8 @@ import h5py
 import numpy as np
 from absl import logging
 
+from popt_jax.errors import DataError
+
 __all__ = [
     "DataError", "BrainTreebank", "Localization", "Triggers", "Words", "clean_electrode_name",
     "split_electrode_name", "laplacian_neighbours", "estimate_sample_index", "load_selection",
@@ -55,19 +57,6 @@ _NA_STRINGS = frozenset({
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 })
 _INF_REPLACEMENT = -math.log(1e-9)  # upstream caps +-inf word features at +-20.72
-
-
-class DataError(ValueError):
-    """A data file is missing, malformed or inconsistent; the message is one line naming it."""
-
-    def __init__(self, path: str | os.PathLike | None, message: str):
-        text = " ".join(str(message).split())  # one line, whatever the wrapped error printed
-        super().__init__(f"{os.fspath(path)}: {text}" if path is not None else text)
-        self.path = None if path is None else os.fspath(path)
-        self.detail = text
-
-    def __reduce__(self):  # survive pickling into/out of worker processes
-        return (type(self), (self.path, self.detail))
 
 
 # --------------------------------------------------------------------------- names and ids

@@ -37,12 +37,10 @@ and extraction settings match, and raises a one-line `DataError` naming the file
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -52,151 +50,43 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from popt_jax import models
-from popt_jax.data import preprocess as pp
-from popt_jax.data.braintreebank import (
+from popt_jax.core.jsonio import atomic_json
+from popt_jax.errors import DataError
+from popt_jax.ieeg import brainbert, feature_store
+from popt_jax.ieeg import preprocess as pp
+from popt_jax.ieeg.braintreebank import (
     BrainTreebank,
-    DataError,
     laplacian_neighbours,
     load_selection,
     subject_id,
     trial_id,
 )
-from popt_jax.jsonio import atomic_json
+from popt_jax.ieeg.feature_store import (
+    DEFAULT_TASKS,
+    FINETUNE_TASKS,
+    FORMAT,
+    _version,
+    feature_path,
+    file_sha256,
+    read_attrs,
+)
 
-__all__ = [
-    "FORMAT", "DEFAULT_TASKS", "FINETUNE_TASKS", "extract_features", "extract_features_job",
-    "feature_path", "read_attrs", "task_arrays", "random_brainbert", "file_sha256",
-    "write_random_features",
-]
+__all__ = ["extract_features", "extract_features_job", "random_brainbert",
+           "write_random_features"]
 
-FORMAT = "popt_jax.features/1"
-FINETUNE_TASKS = ("volume", "pitch", "sentence_onset", "word_onset")
-DEFAULT_TASKS = ("pretrain",) + FINETUNE_TASKS
-# PreprocessConfig fields that change memory use only, never the numbers written.
-_NOT_FINGERPRINTED = ("chunk",)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("popt_jax")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def feature_path(out_dir: str | os.PathLike, subject: int | str, trial: int | str) -> Path:
-    """``{out_dir}/sub_{S}_trial{TTT}.h5``."""
-    return Path(out_dir) / f"{subject_id(subject)}_{trial_id(trial)}.h5"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file, or of every file of a directory (sorted by name)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def random_brainbert(cfg: models.BrainBERTConfig | None = None,
-                     seed: int = 0) -> models.BrainBERT:
+def random_brainbert(cfg: brainbert.BrainBERTConfig | None = None,
+                     seed: int = 0) -> brainbert.BrainBERT:
     """A BrainBERT with seeded random weights (default: full size); logged loudly."""
-    cfg = cfg or models.BrainBERTConfig()
+    cfg = cfg or brainbert.BrainBERTConfig()
     logging.warning("*" * 72)
     logging.warning("BrainBERT has RANDOM weights (seed %d, hidden %d, %d layers): no "
                     "checkpoint was given. Fine for tests and plumbing, not for results.",
                     seed, cfg.hidden_dim, cfg.n_layers)
     logging.warning("*" * 72)
-    return models.BrainBERT(cfg, rngs=nnx.Rngs(seed))
+    return brainbert.BrainBERT(cfg, rngs=nnx.Rngs(seed))
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a feature file (attrs with JSON decoded, names, coords, regions, sizes).
-
-    Cheap: no embedding is read. DataError naming the file if it is not a feature file.
-    """
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise DataError(path, f"not a {FORMAT} feature file "
-                                f"(format attr {f.attrs.get('format')!r})")
-            out: dict[str, Any] = {k: (v.item() if isinstance(v, np.generic) else v)
-                                   for k, v in f.attrs.items()}
-            for k in ("preprocess_config", "extraction"):
-                out[k] = json.loads(out[k])
-            out["electrode_names"] = list(f["electrode_names"].asstr()[:])
-            out["coords"] = f["coords"][:]
-            out["regions"] = list(f["regions"].asstr()[:])
-            out["groups"] = {k: int(f[k]["labels"].shape[0] if "labels" in f[k]
-                                    else f[k]["starts"].shape[0])
-                             for k in f if isinstance(f[k], h5py.Group)}
-    except OSError as err:
-        raise DataError(path, f"cannot read feature file: {err}") from None
-    return out
-
-
-def task_arrays(f: h5py.File, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embeddings [n, E, D] float32, labels [n] int8, starts [n]) of a task in an open file.
-
-    ``task='pretrain'`` gives the pretraining windows with labels of -1.
-    """
-    if task == "pretrain":
-        g = f["pretrain"]
-        return (g["embeddings"][:].astype(np.float32), np.full(g["starts"].shape, -1, np.int8),
-                g["starts"][:])
-    if task not in f:
-        raise DataError(f.filename, f"no task group '{task}' (have {', '.join(f)})")
-    g = f[task]
-    index = g["index"][:]
-    emb = f["windows/embeddings"]
-    # h5py fancy indexing needs increasing indices: read sorted unique rows, then expand.
-    uniq, inverse = np.unique(index, return_inverse=True)
-    rows = emb[uniq] if len(uniq) else np.zeros((0, *emb.shape[1:]), emb.dtype)
-    return rows[inverse].astype(np.float32), g["labels"][:], g["starts"][:]
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def _preprocess_json(cfg: pp.PreprocessConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), sort_keys=True))
-
-
-def _check_existing(path: Path, want: dict[str, Any]) -> None:
-    """DataError unless the finished file at ``path`` was made with the settings ``want``."""
-    have = read_attrs(path)
-    stored_pre = {k: v for k, v in have["preprocess_config"].items()
-                  if k not in _NOT_FINGERPRINTED}
-    want_pre = {k: v for k, v in want["preprocess_config"].items()
-                if k not in _NOT_FINGERPRINTED}
-    diffs = []
-    if stored_pre != want_pre:
-        keys = sorted(k for k in set(stored_pre) | set(want_pre)
-                      if stored_pre.get(k) != want_pre.get(k))
-        diffs.append("preprocessing config differs (" + ", ".join(
-            f"{k}: stored {stored_pre.get(k)!r}, requested {want_pre.get(k)!r}"
-            for k in keys) + ")")
-    if have["checkpoint_hash"] != want["checkpoint_hash"]:
-        diffs.append(f"checkpoint hash differs (stored {have['checkpoint_hash']!r}, "
-                     f"requested {want['checkpoint_hash']!r})")
-    if have["extraction"] != want["extraction"]:
-        keys = sorted(k for k in set(have["extraction"]) | set(want["extraction"])
-                      if have["extraction"].get(k) != want["extraction"].get(k))
-        diffs.append("extraction settings differ (" + ", ".join(keys) + ")")
-    if diffs:
-        raise DataError(path, "existing features were made differently: " + "; ".join(diffs)
-                        + "; delete the file or choose another output folder")
-
-
-# --------------------------------------------------------------------------- planning
 
 
 def _resolve_selection(bt: BrainTreebank, subjects: Sequence[str],
@@ -269,7 +159,7 @@ def _window_batch(data: np.ndarray, starts: np.ndarray, length: int, size: int) 
     return out
 
 
-def _embed_all(model: models.BrainBERT, data: np.ndarray, starts: np.ndarray, length: int,
+def _embed_all(model: brainbert.BrainBERT, data: np.ndarray, starts: np.ndarray, length: int,
                sink: h5py.Dataset, *, batch_windows: int, compute_dtype, chunk: int | None,
                progress: _Progress) -> None:
     """Embed the windows at ``starts`` into ``sink`` rows 0..len-1, one jitted shape.
@@ -281,7 +171,7 @@ def _embed_all(model: models.BrainBERT, data: np.ndarray, starts: np.ndarray, le
     for a in range(0, len(starts), batch_windows):
         part = starts[a:a + batch_windows]
         wav = _window_batch(data, part, length, batch_windows)
-        out = models.brainbert_embed(model, wav, compute_dtype=compute_dtype, chunk=chunk)
+        out = brainbert.brainbert_embed(model, wav, compute_dtype=compute_dtype, chunk=chunk)
         if pending is not None:
             _flush(sink, *pending, progress)
         pending = (out, a, len(part))
@@ -294,7 +184,7 @@ def _flush(sink: h5py.Dataset, out, a: int, n: int, progress: _Progress) -> None
     progress.update(n)
 
 
-def _write_trial(bt: BrainTreebank, model: models.BrainBERT, subject: str, trial: str,
+def _write_trial(bt: BrainTreebank, model: brainbert.BrainBERT, subject: str, trial: str,
                  names: list[str], path: Path, attrs: dict[str, Any], *,
                  cfg: pp.PreprocessConfig, tasks: Sequence[str], batch_windows: int,
                  compute_dtype, storage_dtype: str, max_windows: int | None,
@@ -331,7 +221,7 @@ def _write_trial(bt: BrainTreebank, model: models.BrainBERT, subject: str, trial
                    compute_dtype=compute_dtype, chunk=chunk, progress=progress)
 
     t1 = time.perf_counter()
-    _write_file(path, {**attrs, "subject": subject, "trial": trial, "n_samples": n_samples,
+    feature_store.write_file(path, {**attrs, "subject": subject, "trial": trial, "n_samples": n_samples,
                        "window_samples": w, "hidden_dim": model.config.hidden_dim},
                 names, loc.lip, loc.regions,
                 pre_starts if "pretrain" in tasks else None,
@@ -347,56 +237,6 @@ def _task_table(ex: pp.TaskExamples, keep: np.ndarray) -> dict[str, np.ndarray]:
     return {"labels": ex.labels[keep].astype(np.int8), "starts": ex.starts[keep].astype(np.int64),
             "word_rows": ex.word_rows[keep].astype(np.int64),
             "times": ex.times[keep].astype(np.float64), "upstream_task": ex.task}
-
-
-def _write_file(path: Path, attrs: Mapping[str, Any], names: Sequence[str], coords: np.ndarray,
-                regions: Sequence[str], pretrain_starts: np.ndarray | None,
-                tasks: Mapping[str, Mapping[str, Any]], fill, storage_dtype: str) -> None:
-    """Write one feature file atomically (``path.tmp`` renamed when complete).
-
-    ``tasks[t]`` holds labels/starts/word_rows/times (and ``upstream_task``); their windows are
-    gathered, de-duplicated by start, into ``windows/``. ``fill(starts, sink)`` writes the
-    embeddings of ``starts`` into the [len(starts), E, D] dataset ``sink``. Any exception
-    removes the temporary file and propagates.
-    """
-    hidden = int(attrs["hidden_dim"])
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        logging.warning("%s: removing a stale temporary file from an interrupted run", tmp)
-        tmp.unlink()
-    try:
-        with h5py.File(tmp, "w") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            text = h5py.string_dtype()
-            f.create_dataset("electrode_names", data=np.asarray(names, dtype=object), dtype=text)
-            f.create_dataset("coords", data=np.asarray(coords, dtype=np.float64))
-            f.create_dataset("regions", data=np.asarray(regions, dtype=object), dtype=text)
-            groups = []
-            if pretrain_starts is not None:
-                groups.append(("pretrain", np.asarray(pretrain_starts, np.int64)))
-            if tasks:
-                win_starts = np.unique(np.concatenate(
-                    [np.zeros(0, np.int64)] + [np.asarray(t["starts"]) for t in tasks.values()]))
-                groups.append(("windows", win_starts))
-                for task, table in tasks.items():
-                    g = f.create_group(task)
-                    g.create_dataset("index", data=np.searchsorted(win_starts, table["starts"]))
-                    for key in ("labels", "starts", "word_rows", "times"):
-                        g.create_dataset(key, data=table[key])
-                    g.attrs["upstream_task"] = table.get("upstream_task", task)
-            for name, starts in groups:
-                g = f.create_group(name)
-                g.create_dataset("starts", data=starts)
-                # One chunk per window: the datasets read single windows at random.
-                sink = g.create_dataset("embeddings", shape=(len(starts), len(names), hidden),
-                                        dtype=storage_dtype,
-                                        chunks=(1, len(names), hidden) if len(starts) else None)
-                fill(starts, sink)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_random_features(out_dir: str | os.PathLike, subject: int | str = 1,
@@ -446,12 +286,12 @@ def write_random_features(out_dir: str | os.PathLike, subject: int | str = 1,
     path = feature_path(out_dir, subject, trial)
     attrs = {"format": FORMAT, "fs": float(fs), "checkpoint_hash": f"random-features-{seed}",
              "popt_jax_version": _version(),
-             "preprocess_config": json.dumps(_preprocess_json(cfg), sort_keys=True),
+             "preprocess_config": json.dumps(feature_store.preprocess_json(cfg), sort_keys=True),
              "extraction": json.dumps({"random_features": True}), "subject": subject_id(subject),
              "trial": trial_id(trial), "n_samples": n_samples, "window_samples": w,
              "hidden_dim": hidden_dim}
     coords = rng.uniform(0, 200, (n_electrodes, 3))
-    _write_file(path, attrs, names, coords, ["synthetic"] * n_electrodes, pre, tasks, fill,
+    feature_store.write_file(path, attrs, names, coords, ["synthetic"] * n_electrodes, pre, tasks, fill,
                 storage_dtype)
     return path
 
@@ -480,7 +320,7 @@ def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
     base = {
         "format": FORMAT, "fs": float(cfg.fs), "checkpoint_hash": checkpoint_hash,
         "popt_jax_version": _version(),
-        "preprocess_config": json.dumps(_preprocess_json(cfg), sort_keys=True),
+        "preprocess_config": json.dumps(feature_store.preprocess_json(cfg), sort_keys=True),
     }
     written: list[Path] = []
     counts = {"computed_windows": 0, "computed_electrode_windows": 0, "skipped_files": 0}
@@ -494,10 +334,10 @@ def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
                 "storage_dtype": storage_dtype, "compute_dtype": str(jnp.dtype(compute_dtype)),
                 "requested_electrodes": list(chosen[s]),
             }
-            want = {**base, "preprocess_config": _preprocess_json(cfg),
+            want = {**base, "preprocess_config": feature_store.preprocess_json(cfg),
                     "extraction": extraction}
             if path.exists():
-                _check_existing(path, want)
+                feature_store.check_existing(path, want)
                 logging.info("%s: already extracted with the same settings; skipped", path)
                 counts["skipped_files"] += 1
                 written.append(path)
@@ -518,7 +358,7 @@ def extract_features(root: str | os.PathLike, out_dir: str | os.PathLike, *,
                      checkpoint_hash: str, subjects: Sequence[int | str] | None = None,
                      trials: Mapping[str, Sequence[int | str]] | None = None,
                      selection: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
-                     brainbert: models.BrainBERT | None = None,
+                     brainbert: brainbert.BrainBERT | None = None,
                      preprocess_cfg: pp.PreprocessConfig | None = None,
                      tasks: Sequence[str] = DEFAULT_TASKS, batch_windows: int = 32,
                      compute_dtype=jnp.float32, storage_dtype: str = "float32",
@@ -545,7 +385,7 @@ def extract_features(root: str | os.PathLike, out_dir: str | os.PathLike, *,
         max_windows: cap per group and trial (None = all): the first pretraining windows,
             and a seeded class-balanced subset of each task's examples.
         seed: random-weights seed when ``brainbert`` is None.
-        chunk: passed to `models.brainbert_embed` (None = the whole batch at once).
+        chunk: passed to `brainbert.brainbert_embed` (None = the whole batch at once).
         progress_every_s: seconds between progress lines.
 
     Returns:
@@ -576,15 +416,15 @@ def preprocess_config_from(config) -> pp.PreprocessConfig:
                                   for k, v in values.items()})
 
 
-def brainbert_from_config(config) -> tuple[models.BrainBERT, str]:
+def brainbert_from_config(config) -> tuple[brainbert.BrainBERT, str]:
     """(model, checkpoint hash) from ``config.brainbert_checkpoint`` or the random fallback."""
-    from popt_jax import convert  # only this path needs the checkpoint readers
+    from popt_jax.ieeg import convert  # only this path needs the checkpoint readers
 
     path = config.get("brainbert_checkpoint") or ""
     if path:
         return convert.load_brainbert(path), file_sha256(path)
     arch = dict(config.get("brainbert") or {})
-    cfg = models.BrainBERTConfig(**arch)
+    cfg = brainbert.BrainBERTConfig(**arch)
     tag = "-".join(f"{k}{getattr(cfg, k)}" for k in ("hidden_dim", "n_layers", "n_heads",
                                                        "ff_dim"))
     return random_brainbert(cfg, seed=config.seed), f"random-seed-{config.seed}/{tag}"
@@ -592,7 +432,7 @@ def brainbert_from_config(config) -> tuple[models.BrainBERT, str]:
 
 def synthetic_root(config, workdir: str | os.PathLike) -> Path:
     """``{workdir}/synthetic_braintreebank``, written on first use (atomically) and reused."""
-    from popt_jax.data.synthetic import write_synthetic_braintreebank
+    from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
     root = Path(workdir) / "synthetic_braintreebank"
     if (root / "synthetic_truth.json").exists():

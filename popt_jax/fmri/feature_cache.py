@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from popt_jax import dinov2
-from popt_jax.data.algonauts import read_png
-from popt_jax.data.braintreebank import DataError
+from popt_jax.errors import DataError
+from popt_jax.fmri import dinov2
+from popt_jax.fmri.algonauts import read_png
 
 __all__ = ["FORMAT", "cache_key", "cache_features", "load_features", "FeatureReader",
            "backbone_fingerprint"]

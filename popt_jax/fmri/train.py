@@ -16,7 +16,7 @@ mean r; (5) with the best epoch: per-ROI scores, the challenge metric when a noi
 given, test predictions in the submission layout, a ridge baseline from the same features,
 per-ROI and attention figures, and `results.json`.
 
-The loop reuses `popt_jax.train`'s Orbax `Checkpoints` (under `{workdir}/checkpoints`, latest
+The loop uses `popt_jax.core`'s Orbax `Checkpoints` (under `{workdir}/checkpoints`, latest
 + best kept, resumed automatically) and `Logs` (progress lines with steps/s and ETA,
 `metrics.jsonl`, TensorBoard events), and `train_lib`'s mesh helpers: the state is replicated
 on a ("data",) mesh and batches are sharded over it. Checkpoints are written at epoch ends;
@@ -39,13 +39,17 @@ import optax
 from absl import logging
 from flax import nnx
 
-from popt_jax import brain_eval, brain_features, convert, dinov2
-from popt_jax import train_lib as tl
-from popt_jax.brain_encoder import BrainEncoder, BrainEncoderConfig
-from popt_jax.data import algonauts, synthetic_algonauts
-from popt_jax.jsonio import atomic_json
-from popt_jax.train import Checkpoints, Logs
-from popt_jax.train_lib import TrainingError
+from popt_jax.core import mesh as mesh_lib
+from popt_jax.core import steps
+from popt_jax.core.checkpoints import Checkpoints
+from popt_jax.core.jsonio import atomic_json
+from popt_jax.core.logs import Logs
+from popt_jax.core.overview import parameter_overview
+from popt_jax.errors import TrainingError
+from popt_jax.fmri import algonauts, dinov2, plots, synthetic_algonauts
+from popt_jax.fmri import feature_cache as brain_features
+from popt_jax.fmri import metrics as brain_eval
+from popt_jax.fmri.decoder import BrainEncoder, BrainEncoderConfig
 
 __all__ = ["brain_encoder_job", "synthetic_root", "build_backbone", "split_indices",
            "make_optimizer", "make_steps"]
@@ -86,7 +90,7 @@ def build_backbone(config) -> tuple[dinov2.DinoV2, str]:
             raise TrainingError(f"config.backbone.expect must be one of {sorted(_EXPECT)}, "
                                 f"got {expect!r}")
         expected = None if not expect else dinov2.DinoV2Config(**_EXPECT[expect])
-        from popt_jax.convert_dinov2 import load_dinov2
+        from popt_jax.fmri.convert_dinov2 import load_dinov2
 
         model = load_dinov2(config.backbone_checkpoint, expected=expected)
     else:
@@ -130,7 +134,7 @@ def _mse(pred, target, weight):
     return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def make_steps(parts: tl.ModelParts, tx: optax.GradientTransformation, mesh):
+def make_steps(parts: steps.ModelParts, tx: optax.GradientTransformation, mesh):
     """(train_step, predict_step), both jitted pure functions of the parameters.
 
     train_step(params, opt_state, batch, rng) -> (params, opt_state, loss, grad_norm);
@@ -138,7 +142,7 @@ def make_steps(parts: tl.ModelParts, tx: optax.GradientTransformation, mesh):
     fold_in(rng, i), built inside the trace, so a step depends on its arguments only.
     """
     graphdef, _, rng_template, consts = parts
-    rep = tl.replicated(mesh)
+    rep = mesh_lib.replicated(mesh)
     leaves, treedef = jax.tree.flatten(rng_template)
     is_key = [jnp.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves]
     counts = [None if k else np.asarray(x) for x, k in zip(leaves, is_key, strict=True)]
@@ -165,7 +169,7 @@ def make_steps(parts: tl.ModelParts, tx: optax.GradientTransformation, mesh):
 
     train_jit = jax.jit(train, donate_argnums=(0, 1), out_shardings=(rep, rep, rep, rep))
     predict_jit = jax.jit(predict)
-    consts = tl.replicate(consts, mesh)
+    consts = mesh_lib.replicate(consts, mesh)
     return (lambda p, o, b, r: train_jit(p, o, b, r, consts),
             lambda p, x: predict_jit(p, x, consts))
 
@@ -186,7 +190,7 @@ def predict_all(predict_step, params, feats: brain_features.FeatureReader, index
     lh, rh, att = [], [], []
     for idx, weight in _batches(np.asarray(index), batch):
         n = int(weight.sum())
-        x = tl.to_global({"x": feats[idx]}, mesh, keys=None)["x"]
+        x = mesh_lib.to_global({"x": feats[idx]}, mesh, keys=None)["x"]
         a, b, w = predict_step(params, x)
         lh.append(np.asarray(a)[:n])
         rh.append(np.asarray(b)[:n])
@@ -258,17 +262,17 @@ def brain_encoder_job(config, workdir) -> dict[str, Any]:
     mcfg, lh_m, rh_m, lh_names, rh_names = _model_config(subject, config, dim)
     model = BrainEncoder(mcfg, lh_m, rh_m, rngs=nnx.Rngs(int(config.seed)))
     logging.info("brain encoder, %d queries:\n%s", mcfg.n_queries,
-                 convert.parameter_overview(model))
-    mesh = tl.make_mesh(config.get("num_devices") or None)
+                 parameter_overview(model))
+    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
     batch = int(t.batch_size)
-    tl.local_batch_size(batch, mesh)
+    mesh_lib.local_batch_size(batch, mesh)
     steps_per_epoch = math.ceil(len(tr_idx) / batch)
     epochs = int(t.epochs)
     total = epochs * steps_per_epoch
     tx, schedule = make_optimizer(t, steps_per_epoch)
-    parts = tl.split_model(model)
-    params = tl.replicate(parts.params, mesh)
-    opt_state = tl.replicate(tx.init(parts.params), mesh)
+    parts = steps.split_model(model)
+    params = mesh_lib.replicate(parts.params, mesh)
+    opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
     train_step, predict_step = make_steps(parts, tx, mesh)
 
     meta = {"format": FORMAT, "task": "brain_encoder",
@@ -295,10 +299,10 @@ def brain_encoder_job(config, workdir) -> dict[str, Any]:
             losses = []
             t_epoch = time.perf_counter()
             for idx, weight in _batches(order, batch):
-                b = tl.to_global({"x": train_feats[idx], "lh": fmri["lh"][idx],
+                b = mesh_lib.to_global({"x": train_feats[idx], "lh": fmri["lh"][idx],
                                   "rh": fmri["rh"][idx], "weight": weight}, mesh, keys=None)
                 params, opt_state, loss, gnorm = train_step(params, opt_state, b,
-                                                            tl.step_key(base_key, step))
+                                                            steps.step_key(base_key, step))
                 step += 1
                 losses.append(loss)
                 if step % log_every == 0 or step % steps_per_epoch == 0:
@@ -414,7 +418,7 @@ def _finish(config, workdir: Path, subject, predict_step, params, train_feats, t
     # Figures.
     fig_dir = workdir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    files["roi_scores"] = str(brain_eval.plot_roi_scores(
+    files["roi_scores"] = str(plots.plot_roi_scores(
         transformer, fig_dir / "roi_scores.png", baseline=ridge,
         title=f"{subject.dir.name} validation: transformer mean r {transformer['mean_r']:.3f}, "
               f"ridge {ridge['mean_r']:.3f}"))
@@ -459,7 +463,7 @@ def _attention_figures(config, subject, att, va_idx, lh_names, rh_names, grid, p
     images = subject.load_images("train", va_idx[:len(att)])
     for i, (img, a) in enumerate(zip(images, att, strict=True)):
         path = fig_dir / f"attention_val{i}.png"
-        brain_eval.plot_attention(img, a[chosen], [names[q] for q in chosen], grid, patch, path,
+        plots.plot_attention(img, a[chosen], [names[q] for q in chosen], grid, patch, path,
                                   title=f"validation image {int(va_idx[i])}: cross-attention")
         out.append(str(path))
     return out

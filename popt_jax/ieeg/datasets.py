@@ -47,7 +47,8 @@ import grain
 import h5py
 import numpy as np
 
-from popt_jax.data.braintreebank import DataError, clean_electrode_name, subject_id
+from popt_jax.errors import DataError
+from popt_jax.ieeg.braintreebank import clean_electrode_name, subject_id
 
 __all__ = [
     "DEFAULT_BUCKETS", "PRETRAIN_KS", "FeatureStore", "PretrainConfig", "PretrainSource",
@@ -212,7 +213,7 @@ class FeatureStore:
 
     @staticmethod
     def _read(path: Path) -> FileInfo:
-        from popt_jax.features import FINETUNE_TASKS, read_attrs  # avoid an import cycle
+        from popt_jax.ieeg.feature_store import FINETUNE_TASKS, read_attrs
 
         meta = read_attrs(path)
         tasks = {}
@@ -233,7 +234,7 @@ class FeatureStore:
             return [np.arange(len(fi.names)) for fi in self.files]
         where = None
         if isinstance(selection, (str, os.PathLike)):
-            from popt_jax.data.braintreebank import load_selection
+            from popt_jax.ieeg.braintreebank import load_selection
 
             where, selection = selection, load_selection(selection)
         chosen = {subject_id(k): {clean_electrode_name(n) for n in v}

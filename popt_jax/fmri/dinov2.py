@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from popt_jax.models import cast_floats
+from popt_jax.core.nn import cast_floats
 
 __all__ = [
     "DinoV2Config",

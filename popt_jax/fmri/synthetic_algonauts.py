@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from popt_jax.data.algonauts import FAMILIES, HEMIS, write_png
+from popt_jax.fmri.algonauts import FAMILIES, HEMIS, write_png
 
 __all__ = ["SyntheticAlgonautsConfig", "write_synthetic_algonauts", "ROI_NAMES",
            "image_statistics"]

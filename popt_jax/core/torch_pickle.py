@@ -34,6 +34,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from popt_jax.errors import CheckpointError, UnsafeCheckpointError  # noqa: F401
+
 try:  # numpy >= 2 moved the pickle helpers to numpy._core; 1.x only has numpy.core.
     from numpy._core import multiarray as _np_multiarray
     from numpy._core import numeric as _np_numeric
@@ -56,17 +58,6 @@ _LEGACY_PROTOCOL = 1001
 def _one_line(text: str) -> str:
     # Errors must stay single-line for log grepping, whatever a hostile file contains.
     return " ".join(str(text).splitlines())
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is corrupt, truncated, or uses an unsupported feature."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint references a pickled global outside the allow-list."""
 
 
 class _Malformed(Exception):

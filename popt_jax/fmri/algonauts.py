@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from popt_jax.data.braintreebank import DataError
+from popt_jax.errors import DataError
 
 __all__ = [
     "FAMILIES", "QUERY_FAMILIES", "HEMIS", "READOUTS", "AlgonautsSubject", "load_mapping",

@@ -50,7 +50,8 @@ import numpy as np
 from absl import logging
 from scipy import ndimage, signal
 
-from popt_jax.data.braintreebank import BrainTreebank, DataError, Words
+from popt_jax.errors import DataError
+from popt_jax.ieeg.braintreebank import BrainTreebank, Words
 
 __all__ = [
     "PreprocessConfig",

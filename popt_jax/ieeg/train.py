@@ -33,8 +33,6 @@ functions directly (as the multi-process test does) -- `popt_jax.main` logs the 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging as std_logging
 import math
 import os
 import time
@@ -48,10 +46,17 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from popt_jax import convert, models, tb_writer
-from popt_jax import train_lib as tl
-from popt_jax.jsonio import atomic_json
-from popt_jax.train_lib import FINETUNE, PRETRAIN, TrainingError
+from popt_jax.core import mesh as mesh_lib
+from popt_jax.core import steps
+from popt_jax.core.checkpoints import Checkpoints, quiet_orbax_logs, read_meta
+from popt_jax.core.jsonio import atomic_json
+from popt_jax.core.logs import Logs
+from popt_jax.core.metrics import compute_metrics
+from popt_jax.core.overview import parameter_overview
+from popt_jax.errors import TrainingError
+from popt_jax.ieeg import convert, objectives, optim
+from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN
+from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
 CHECKPOINT_FORMAT = "popt_jax.train/1"
 
@@ -79,11 +84,11 @@ class TaskData(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-def popt_config_from(cfg, input_dim: int) -> models.PopTConfig:
-    """`models.PopTConfig` from `config.model` (input_dim from the feature store)."""
-    fields = {f.name for f in dataclasses.fields(models.PopTConfig)}
+def popt_config_from(cfg, input_dim: int) -> PopTConfig:
+    """`PopTConfig` from `config.model` (input_dim from the feature store)."""
+    fields = {f.name for f in dataclasses.fields(PopTConfig)}
     kw = {k: v for k, v in cfg.items() if k in fields and k != "input_dim"}
-    return models.PopTConfig(input_dim=int(input_dim), **kw)
+    return PopTConfig(input_dim=int(input_dim), **kw)
 
 
 def compute_dtype(config):
@@ -93,220 +98,16 @@ def compute_dtype(config):
     return jnp.dtype(name)
 
 
-def build_model(task: str, popt_cfg: models.PopTConfig, *, seed: int, dtype=jnp.float32):
+def build_model(task: str, popt_cfg: PopTConfig, *, seed: int, dtype=jnp.float32):
     """A fresh PopT (pretraining) or PopTClassifier (fine-tuning), float32 parameters."""
     rngs = nnx.Rngs(seed)
     if task == PRETRAIN:
-        return models.PopT(popt_cfg, rngs=rngs, dtype=dtype)
-    return models.PopTClassifier(popt_cfg, n_out=1, rngs=rngs, dtype=dtype)
+        return PopT(popt_cfg, rngs=rngs, dtype=dtype)
+    return PopTClassifier(popt_cfg, n_out=1, rngs=rngs, dtype=dtype)
 
 
-def model_meta(task: str, popt_cfg: models.PopTConfig) -> dict[str, Any]:
+def model_meta(task: str, popt_cfg: PopTConfig) -> dict[str, Any]:
     return {"format": CHECKPOINT_FORMAT, "task": task, "model": dataclasses.asdict(popt_cfg)}
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-class Checkpoints:
-    """Orbax `CheckpointManager` under `{workdir}/checkpoints`.
-
-    Items per step: `params`, `opt_state`, `meta` (format, task, model architecture),
-    `progress` (step, base rng key data) and the training iterator's position: `data`
-    (grain iterator state, one JSON file per process) or, for other iterators, their
-    `get_state()` inside `progress`. Kept: the
-    latest `keep` steps plus the best by `best_metric` (saved with its validation metrics).
-    """
-
-    def __init__(self, directory: str | os.PathLike, meta: dict[str, Any], *, keep: int = 2,
-                 best_metric: str = "loss", best_mode: str = "min"):
-        self.directory = Path(directory).absolute()
-        self.meta = meta
-        self.best_metric, self.best_mode = best_metric, best_mode
-        sign = 1.0 if best_mode == "max" else -1.0
-
-        def metric_fn(metrics):
-            # Ties go to the earliest step (upstream replaces its best only on a strict gain).
-            return sign * float(metrics[best_metric]) - 1e-9 * float(metrics.get("step", 0))
-
-        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-            ocp.checkpoint_managers.LatestN(keep),
-            ocp.checkpoint_managers.BestN(get_metric_fn=metric_fn, n=1,
-                                          keep_checkpoints_without_metrics=False),
-        ])
-        self._check_directory()
-        # best_fn is set too: without it Orbax writes no metrics, and BestN sees none.
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, best_fn=metric_fn, best_mode="max", create=True,
-                enable_async_checkpointing=True))
-
-    def _check_directory(self) -> None:
-        if not self.directory.exists():
-            return
-        if not self.directory.is_dir():
-            raise TrainingError(f"{self.directory} exists and is not a directory")
-        steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
-        if not steps:
-            return
-        found = read_meta(self.directory / str(steps[-1]))
-        want = {k: self.meta[k] for k in ("format", "task", "model")}
-        have = {k: (found or {}).get(k) for k in want}
-        if have != want:
-            diff = [f"{k}: {have[k]!r} vs this run {want[k]!r}" for k in want if have[k] != want[k]]
-            raise TrainingError(
-                f"{self.directory} holds checkpoints of a different run ({'; '.join(diff)}); "
-                "nothing was overwritten: pick another --workdir or remove that one")
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def best_step(self) -> int | None:
-        """The saved step with the best `best_metric`; the latest if none has metrics."""
-        best, best_val = None, None
-        for step in sorted(self.manager.all_steps()):  # ties: the earliest, as upstream
-            m = self.manager.metrics(step)
-            if not m or self.best_metric not in m or not np.isfinite(m[self.best_metric]):
-                continue
-            v = float(m[self.best_metric])
-            better = best_val is None or (v > best_val if self.best_mode == "max"
-                                          else v < best_val)
-            if better:
-                best, best_val = step, v
-        return best if best is not None else self.latest_step()
-
-    def save(self, step: int, params, opt_state, progress: dict[str, Any], data_iter=None,
-             metrics: dict[str, float] | None = None) -> None:
-        items = dict(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(self.meta),
-            progress=ocp.args.JsonSave(progress),
-        )
-        if data_iter is not None:
-            if _is_grain(data_iter):
-                import grain
-
-                items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-            else:
-                progress = {**progress, "data_state": data_iter.get_state()}
-                items["progress"] = ocp.args.JsonSave(progress)
-        metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "step": step}
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
-
-    def restore(self, step: int, params, opt_state=None, data_iter=None):
-        """Restores into the shardings/dtypes of the given (abstract or concrete) trees."""
-        def abstract(tree):
-            return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-        items = dict(params=ocp.args.StandardRestore(abstract(params)),
-                     progress=ocp.args.JsonRestore())
-        if opt_state is not None:
-            items["opt_state"] = ocp.args.StandardRestore(abstract(opt_state))
-        grain_data = data_iter is not None and _is_grain(data_iter)
-        if grain_data:
-            import grain
-
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        if data_iter is not None and not grain_data:
-            data_iter.set_state(out["progress"]["data_state"])
-        return out
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-def _is_grain(it) -> bool:
-    import grain
-
-    return isinstance(it, grain.DatasetIterator)
-
-
-def read_meta(step_dir: Path) -> dict[str, Any] | None:
-    path = Path(step_dir) / "meta" / "metadata"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# --------------------------------------------------------------------------------------------
-# Logging
-# --------------------------------------------------------------------------------------------
-
-
-class Logs:
-    """Progress lines, `metrics.jsonl` and TensorBoard events (written by process 0 only)."""
-
-    def __init__(self, workdir: Path, total_steps: int, start_step: int):
-        self.main = jax.process_index() == 0
-        self.total, self.t0, self.s0 = total_steps, time.perf_counter(), start_step
-        self.last_t, self.last_step = self.t0, start_step
-        self.jsonl = workdir / "metrics.jsonl"
-        self.tb = None
-        if self.main:
-            self._truncate(start_step)
-            self.tb = tb_writer.SummaryWriter(str(workdir / "tensorboard"))
-
-    def _truncate(self, start_step: int) -> None:
-        """Drops lines a previous run wrote after the checkpoint this run resumes from."""
-        if not self.jsonl.exists():
-            return
-        keep = [ln for ln in self.jsonl.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
-        tmp = self.jsonl.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.jsonl)
-
-    def write(self, step: int, split: str, values: dict[str, float]) -> None:
-        if not self.main:
-            return
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        self.tb.scalars(step, {f"{split}/{k}": v for k, v in values.items()})
-
-    def progress(self, step: int, values: dict[str, float]) -> float:
-        """Logs 'step s/N loss ... steps/s ETA'; returns steps/s since the last call."""
-        now = time.perf_counter()
-        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
-        overall = (step - self.s0) / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / max(overall, 1e-9)
-        self.last_t, self.last_step = now, step
-        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-        logging.info("step %d/%d %s | %.2f steps/s | ETA %s", step, self.total, shown, rate,
-                     _hms(eta))
-        return rate
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-class _QuietOrbax(std_logging.Filter):
-    """Drops Orbax's INFO chatter (dozens of lines per checkpoint); warnings still pass."""
-
-    def filter(self, record):
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def quiet_orbax_logs() -> None:
-    logger = std_logging.getLogger("absl")
-    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
-        logger.addFilter(_QuietOrbax())
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 def _check_finite(values: dict[str, float], step: int, what: str, last_ckpt) -> None:
@@ -331,24 +132,24 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
     token_loss, accuracies; fine-tuning -> loss, accuracy, roc_auc, f1, and the per-example
     predictions and labels in extras.
     """
-    local = tl.local_batch_size(batch_size, mesh)
-    collection = tl.metrics_class(task).empty()
-    preds = tl.Predictions.empty()
+    local = mesh_lib.local_batch_size(batch_size, mesh)
+    collection = objectives.metrics_class(task).empty()
+    preds = objectives.Predictions.empty()
     n_batches = 0
     for batch in batches:
-        batch = tl.pad_rows(batch, local)
-        gbatch = tl.to_global(batch, mesh)
+        batch = mesh_lib.pad_rows(batch, local)
+        gbatch = mesh_lib.to_global(batch, mesh)
         m, logits = eval_step(params, gbatch)
         collection = collection.merge(m)
         n_batches += 1
         if task == FINETUNE:
             ids = batch.get("index", np.full(local, -1, np.int64)).astype(np.int64)
-            preds = preds.merge(tl.Predictions.from_model_output(
-                logits=tl.host_array(logits), labels=tl.host_array(gbatch["label"]),
-                mask=tl.host_array(gbatch["weight"]) > 0, ids=_allgather_host(ids)))
+            preds = preds.merge(objectives.Predictions.from_model_output(
+                logits=mesh_lib.host_array(logits), labels=mesh_lib.host_array(gbatch["label"]),
+                mask=mesh_lib.host_array(gbatch["weight"]) > 0, ids=mesh_lib.allgather_host(ids)))
     if not n_batches:
         raise TrainingError("an evaluation split has no examples; check the data split")
-    values = tl.compute_metrics(collection)
+    values = compute_metrics(collection)
     values.pop("loss", None)  # the per-batch mean; replaced by an exact mean below
     extras: dict[str, Any] = {}
     if task == PRETRAIN:
@@ -362,15 +163,6 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
     return values, extras
 
 
-def _allgather_host(a: np.ndarray) -> np.ndarray:
-    """Concatenates a host array over processes (process order, as the global batch rows)."""
-    if jax.process_count() == 1:
-        return a
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -378,7 +170,7 @@ def _allgather_host(a: np.ndarray) -> np.ndarray:
 
 def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: TaskData,
                        init_params: nnx.State | None = None,
-                       popt_cfg: models.PopTConfig | None = None) -> dict[str, Any]:
+                       popt_cfg: PopTConfig | None = None) -> dict[str, Any]:
     """Trains `task` on `data` in `workdir` (resuming if it holds checkpoints) and tests.
 
     Args:
@@ -395,7 +187,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     quiet_orbax_logs()
-    mesh = tl.make_mesh(config.get("num_devices") or None)
+    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
     popt_cfg = popt_cfg or popt_config_from(config.model, data.input_dim)
     if popt_cfg.input_dim != data.input_dim:
         raise TrainingError(f"the model takes {popt_cfg.input_dim}-d embeddings but the feature "
@@ -406,13 +198,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
     if init_params is not None:
         nnx.update(model.upstream, init_params)
     logging.info("%s model (%s compute, float32 params):\n%s", type(model).__name__,
-                 dtype.name, convert.parameter_overview(model))
-    parts = tl.split_model(model)
-    tx = tl.make_optimizer(config)
-    params = tl.replicate(parts.params, mesh)
-    opt_state = tl.replicate(tx.init(parts.params), mesh)
-    train_step = tl.make_train_step(task, parts, tx, mesh)
-    eval_step = tl.make_eval_step(task, parts, mesh)
+                 dtype.name, parameter_overview(model))
+    parts = steps.split_model(model)
+    tx = optim.make_optimizer(config)
+    params = mesh_lib.replicate(parts.params, mesh)
+    opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
+    train_step = objectives.make_train_step(task, parts, tx, mesh)
+    eval_step = objectives.make_eval_step(task, parts, mesh)
 
     best_metric, best_mode = ("roc_auc", "max") if task == FINETUNE else ("loss", "min")
     total = int(config.total_steps)
@@ -438,7 +230,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
     log_every = max(1, int(config.log_every))
     batch_size, eval_bs = int(config.batch_size), int(config.get("eval_batch_size") or
                                                       config.batch_size)
-    local_bs = tl.local_batch_size(batch_size, mesh)
+    local_bs = mesh_lib.local_batch_size(batch_size, mesh)
     pack_tokens = bool(config.get("pack_tokens", True))
     train_metrics = None
     last_ckpt = latest
@@ -449,14 +241,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
             if len(batch["x"]) != local_bs:
                 raise TrainingError(f"the data layer gave {len(batch['x'])} rows, expected "
                                     f"{local_bs} (batch_size / processes)")
-            packed = tl.pack_spec(task, batch, mesh) if pack_tokens else None
+            packed = objectives.pack_spec(task, batch, mesh) if pack_tokens else None
             params, opt_state, m, gnorm = train_step(
-                params, opt_state, tl.to_global(batch, mesh), tl.step_key(base_key, step),
+                params, opt_state, mesh_lib.to_global(batch, mesh), steps.step_key(base_key, step),
                 packed)
             train_metrics = m if train_metrics is None else train_metrics.merge(m)
             step += 1
             if step % log_every == 0 or step == total:
-                values = tl.compute_metrics(train_metrics)
+                values = compute_metrics(train_metrics)
                 values["grad_norm"] = float(gnorm)
                 values["lr"] = _current_lr(config, step - 1)
                 _check_finite(values, step, "training loss", last_ckpt)
@@ -516,7 +308,7 @@ def _export(model, path: Path) -> None:
 
 
 def _current_lr(config, step: int) -> float:
-    return float(tl.ramp_up_schedule(float(config.lr), int(config.total_steps),
+    return float(optim.ramp_up_schedule(float(config.lr), int(config.total_steps),
                                      float(config.warmup), float(config.gamma))(step))
 
 
@@ -541,10 +333,10 @@ def ensure_features(config, workdir: Path) -> Path:
     store = job_dir / "features"
     if not (job_dir / "results.json").exists():
         if jax.process_index() == 0:
-            from popt_jax import features
+            from popt_jax.ieeg import extract
 
             logging.info("no feature store given: extracting one into %s", store)
-            features.extract_features_job(config.features, job_dir)
+            extract.extract_features_job(config.features, job_dir)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -552,7 +344,7 @@ def ensure_features(config, workdir: Path) -> Path:
     return store
 
 
-def load_init(path: str | os.PathLike) -> tuple[models.PopTConfig, nnx.State]:
+def load_init(path: str | os.PathLike) -> tuple[PopTConfig, nnx.State]:
     """(architecture, nnx.Param state) of a pretrained PopT to fine-tune from.
 
     Accepts a popt_jax pretraining workdir (its best checkpoint by validation loss), a
@@ -573,8 +365,8 @@ def load_init(path: str | os.PathLike) -> tuple[models.PopTConfig, nnx.State]:
             if not meta or meta.get("task") != PRETRAIN:
                 raise TrainingError(f"{path}: not a popt_jax pretraining workdir "
                                     f"(checkpoint task {(meta or {}).get('task')!r})")
-            popt_cfg = models.PopTConfig(**meta["model"])
-            abstract = nnx.eval_shape(lambda: models.PopT(popt_cfg, rngs=nnx.Rngs(0)))
+            popt_cfg = PopTConfig(**meta["model"])
+            abstract = nnx.eval_shape(lambda: PopT(popt_cfg, rngs=nnx.Rngs(0)))
             target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                                   nnx.state(abstract, nnx.Param))
             params = manager.restore(step, args=ocp.args.Composite(
@@ -584,7 +376,7 @@ def load_init(path: str | os.PathLike) -> tuple[models.PopTConfig, nnx.State]:
         logging.info("initialising from %s step %d", path, step)
         return popt_cfg, jax.device_get(params)
     model = convert.load_popt(str(path))
-    if isinstance(model, models.PopTClassifier):
+    if isinstance(model, PopTClassifier):
         model = model.upstream
     logging.info("initialising from %s", path)
     return model.config, nnx.state(model, nnx.Param)
@@ -600,7 +392,7 @@ class StoreData:
     """
 
     def __init__(self, config, store: Path, task: str):
-        from popt_jax.data import datasets as ds
+        from popt_jax.ieeg import datasets as ds
 
         self._ds, self.task = ds, task
         d = config.data
@@ -660,7 +452,7 @@ class StoreData:
 
 def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     """The `pretrain` job: PopT pretraining on the feature store (see module docstring)."""
-    tl.maybe_initialize_distributed(config)
+    mesh_lib.maybe_initialize_distributed(config)
     workdir = Path(workdir)
     store = ensure_features(config, workdir)
     data = StoreData(config, store, PRETRAIN)
@@ -673,7 +465,7 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     An empty `config.init_checkpoint` first runs `config.pretrain` in `{workdir}/pretrain`
     (sharing this run's feature store) and starts from its best checkpoint.
     """
-    tl.maybe_initialize_distributed(config)
+    mesh_lib.maybe_initialize_distributed(config)
     workdir = Path(workdir)
     store = ensure_features(config, workdir)
     init = config.get("init_checkpoint") or ""

@@ -1,6 +1,6 @@
-"""Import of published DINOv2 weights into `popt_jax.dinov2.DinoV2` (no torch needed).
+"""Import of published DINOv2 weights into `popt_jax.fmri.dinov2.DinoV2` (no torch needed).
 
-Accepted inputs (a file, or a directory holding one; read by `convert.read_checkpoint`, which
+Accepted inputs (a file, or a directory holding one; read by `core.torch_io.read_checkpoint`, which
 never runs pickled code):
 
 * the torch-hub state_dict, e.g. `dinov2_vitb14_pretrain.pth`: keys `cls_token`, `pos_embed`,
@@ -17,11 +17,11 @@ never runs pickled code):
 The architecture is read from the tensor shapes (width, depth, patch, MLP width, pretraining
 grid); the head count from `config.json` when present, otherwise from the standard DINOv2
 widths (384 -> 6, 768 -> 12, 1024 -> 16, 1536 -> 24). Loading is strict as in
-`popt_jax.convert`: every tensor used once, every parameter filled, shapes equal; otherwise
+`popt_jax.core.torch_io`: every tensor used once, every parameter filled, shapes equal; otherwise
 `ConversionError` with one line. Passing `expected` (e.g. `DinoV2Config()` for ViT-B/14)
 rejects a checkpoint of another size with one line naming both.
 
-The position table is always resized with torch-hub's rule (see `popt_jax.dinov2`), whichever
+The position table is always resized with torch-hub's rule (see `popt_jax.fmri.dinov2`), whichever
 file the weights came from, because that is what the brain encoder was trained with.
 """
 
@@ -32,13 +32,14 @@ import os
 import re
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from popt_jax.convert import ConversionError, read_checkpoint
-from popt_jax.dinov2 import DinoV2, DinoV2Config
+from popt_jax.core import torch_io
+from popt_jax.core.torch_io import read_checkpoint
+from popt_jax.errors import ConversionError
+from popt_jax.fmri.dinov2 import DinoV2, DinoV2Config
 
 __all__ = ["load_dinov2", "dinov2_from_state_dict", "hf_to_hub", "hub_to_hf", "to_state_dict",
            "infer_config"]
@@ -183,20 +184,6 @@ def infer_config(sd: dict[str, np.ndarray], cfg_json: dict[str, Any] | None = No
 # --------------------------------------------------------------------------------------------
 
 
-def _flat(model: nnx.Module) -> dict[tuple[str, ...], Any]:
-    out = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, prefix + (str(k),))
-            else:
-                out[prefix + (str(k),)] = v
-
-    walk(nnx.to_pure_dict(nnx.state(model, nnx.Param)), ())
-    return out
-
-
 def _hub_name(path: tuple[str, ...]) -> str:
     *mods, leaf = path
     if leaf in ("kernel", "scale"):
@@ -204,20 +191,32 @@ def _hub_name(path: tuple[str, ...]) -> str:
     return ".".join(mods + [leaf])
 
 
-def _to_torch(path: tuple[str, ...], value: np.ndarray, cfg: DinoV2Config) -> np.ndarray:
-    if path[-1] != "kernel":
-        return value
-    if path[0] == "patch_embed":  # [C*p*p, D] -> conv weight [D, C, p, p]
-        p = cfg.patch_size
-        return value.T.reshape(cfg.embed_dim, cfg.in_chans, p, p)
-    return value.T
+def _kernel_from_torch(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1).T  # conv [D, C, p, p] and linear [out, in] alike
+
+
+def layout(model: DinoV2) -> torch_io.Layout:
+    """Where each torch-hub tensor lives in `model` (one leaf per tensor)."""
+    cfg = model.config
+    p = cfg.patch_size
+
+    def patch_to_torch(a):  # [C*p*p, D] -> conv weight [D, C, p, p]
+        return a.T.reshape(cfg.embed_dim, cfg.in_chans, p, p)
+
+    out: torch_io.Layout = {}
+    for path in torch_io.flat_state(model, nnx.Param):
+        if path[-1] != "kernel":
+            slot = torch_io.Slot(path)
+        else:
+            to_torch = patch_to_torch if path[0] == "patch_embed" else torch_io.transpose
+            slot = torch_io.Slot(path, to_torch, _kernel_from_torch)
+        out[_hub_name(path)] = [slot]
+    return out
 
 
 def to_state_dict(model: DinoV2) -> dict[str, np.ndarray]:
     """torch-hub-layout float32 state_dict of `model` (loads into the upstream ViT)."""
-    return {_hub_name(path): np.ascontiguousarray(
-                _to_torch(path, np.asarray(v, np.float32), model.config))
-            for path, v in sorted(_flat(model).items())}
+    return torch_io.export_state_dict(model, layout(model))
 
 
 def dinov2_from_state_dict(sd: dict[str, np.ndarray], cfg_json: dict[str, Any] | None = None,
@@ -237,49 +236,9 @@ def dinov2_from_state_dict(sd: dict[str, np.ndarray], cfg_json: dict[str, Any] |
         cfg = dataclasses.replace(expected, pretrain_grid=cfg.pretrain_grid)
     # Abstract init: no random numbers are drawn for weights that are overwritten anyway.
     model = nnx.eval_shape(lambda: DinoV2(cfg, rngs=nnx.Rngs(0)))
-    flat = _flat(model)
-    want = {_hub_name(p): p for p in flat}
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    wrong = []
-    for name in sorted(set(want) & set(sd)):
-        path = want[name]
-        shape = _to_torch(path, np.zeros(flat[path].shape, np.float32), cfg).shape
-        if tuple(sd[name].shape) != tuple(shape):
-            wrong.append(f"{name} {tuple(sd[name].shape)} vs model {tuple(shape)}")
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {', '.join(missing[:8])}"
-                        + (", ..." if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {', '.join(unexpected[:8])}"
-                        + (", ..." if len(unexpected) > 8 else ""))
-    if wrong:
-        problems.append(f"{len(wrong)} wrong shapes: {'; '.join(wrong[:8])}")
-    if problems:
-        raise ConversionError(f"{source}: state_dict does not fit {cfg.describe()} ("
-                              + " | ".join(problems) + ")")
-
-    values = {}
-    for name, path in want.items():
-        a = np.asarray(sd[name], np.float32)
-        if path[-1] == "kernel":
-            a = a.reshape(a.shape[0], -1).T  # conv [D, C, p, p] and linear [out, in] alike
-        values[path] = a
-    state = nnx.state(model, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-
-    def assign(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                assign(v, prefix + (str(k),))
-            else:
-                node[k] = jnp.asarray(values[prefix + (str(k),)])
-
-    assign(pure, ())
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(model, state)
-    logging.info("%s: loaded %s (%d tensors)", source, cfg.describe(), len(values))
+    n = torch_io.fill_state_dict(model, layout(model), sd, source=source,
+                                 target=cfg.describe(), limit=8)
+    logging.info("%s: loaded %s (%d tensors)", source, cfg.describe(), n)
     return model
 
 

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from popt_jax.models import Buffer
+from popt_jax.core import torch_io
+from popt_jax.core.nn import Buffer
 
 __all__ = ["BrainEncoderConfig", "BrainEncoder", "sine_position_code", "from_torch_state_dict",
            "to_torch_state_dict", "READOUTS"]
@@ -285,68 +286,44 @@ _PREFIX = "transformer.decoder.layers.0."
 _UNUSED = ("transformer.memory_proj.", _PREFIX + "self_attn.", _PREFIX + "norm2.")
 
 
-def _torch_names(model: BrainEncoder) -> dict[str, tuple[Any, str, int]]:
-    """torch key -> (NNX Variable, 'T' if transposed, part of a packed q/k/v tensor).
-
-    Keys of q/k/v carry '#i': they are slices i of the packed `in_proj_*` tensors.
-    """
-    layer, attn = model.layer, model.layer.cross_attn
-    names: dict[str, tuple[Any, str, int]] = {"query_embed.weight": (model.query_embed, "", 0)}
-    for tname, mod in (("norm1", layer.norm1), ("norm3", layer.norm3)):
-        names[f"{_PREFIX}{tname}.weight"] = (mod.scale, "", 0)
-        names[f"{_PREFIX}{tname}.bias"] = (mod.bias, "", 0)
-    for tname, mod in (("linear1", layer.linear1), ("linear2", layer.linear2),
-                       ("multihead_attn.out_proj", attn.out)):
-        names[f"{_PREFIX}{tname}.weight"] = (mod.kernel, "T", 0)
-        names[f"{_PREFIX}{tname}.bias"] = (mod.bias, "", 0)
-    for i, mod in enumerate((attn.query, attn.key, attn.value)):
-        names[f"{_PREFIX}multihead_attn.in_proj_weight#{i}"] = (mod.kernel, "T", i)
-        names[f"{_PREFIX}multihead_attn.in_proj_bias#{i}"] = (mod.bias, "", i)
-    names["transformer.decoder.norm.weight"] = (model.norm.scale, "", 0)
-    names["transformer.decoder.norm.bias"] = (model.norm.bias, "", 0)
-    for hemi, mod in (("lh", model.lh_embed), ("rh", model.rh_embed)):
-        names[f"{hemi}_embed.0.weight"] = (mod.kernel, "T", 0)
-        names[f"{hemi}_embed.0.bias"] = (mod.bias, "", 0)
-    return names
+def layout(model: BrainEncoder) -> torch_io.Layout:
+    """Where each upstream `brain_encoder` tensor (decoder + readout) lives in `model`."""
+    del model  # the names do not depend on the sizes
+    slot, T = torch_io.Slot, torch_io.transpose
+    layer, attn = ("layer",), ("layer", "cross_attn")
+    out: torch_io.Layout = {"query_embed.weight": [slot(("query_embed",))]}
+    for tname, mod in (("norm1", layer + ("norm1",)), ("norm3", layer + ("norm3",))):
+        out[f"{_PREFIX}{tname}.weight"] = [slot(mod + ("scale",))]
+        out[f"{_PREFIX}{tname}.bias"] = [slot(mod + ("bias",))]
+    for tname, mod in (("linear1", layer + ("linear1",)), ("linear2", layer + ("linear2",)),
+                       ("multihead_attn.out_proj", attn + ("out",))):
+        out[f"{_PREFIX}{tname}.weight"] = [slot(mod + ("kernel",), T, T)]
+        out[f"{_PREFIX}{tname}.bias"] = [slot(mod + ("bias",))]
+    qkv = [attn + (n,) for n in ("query", "key", "value")]
+    out[f"{_PREFIX}multihead_attn.in_proj_weight"] = [slot(m + ("kernel",), T, T, i, 3)
+                                                      for i, m in enumerate(qkv)]
+    out[f"{_PREFIX}multihead_attn.in_proj_bias"] = [slot(m + ("bias",), part=i, parts=3)
+                                                    for i, m in enumerate(qkv)]
+    out["transformer.decoder.norm.weight"] = [slot(("norm", "scale"))]
+    out["transformer.decoder.norm.bias"] = [slot(("norm", "bias"))]
+    for hemi in ("lh", "rh"):
+        out[f"{hemi}_embed.0.weight"] = [slot((f"{hemi}_embed", "kernel"), T, T)]
+        out[f"{hemi}_embed.0.bias"] = [slot((f"{hemi}_embed", "bias"))]
+    return out
 
 
 def to_torch_state_dict(model: BrainEncoder) -> dict[str, np.ndarray]:
     """Upstream-layout state_dict (decoder + readout; no backbone, no unused tensors)."""
-    sd: dict[str, np.ndarray] = {}
-    packed: dict[str, list] = {}
-    for key, (var, how, i) in _torch_names(model).items():
-        a = np.asarray(var.value, np.float32)
-        a = a.T if how == "T" else a
-        if "#" in key:
-            packed.setdefault(key.split("#")[0], [None] * 3)[i] = a
-        else:
-            sd[key] = a
-    for key, parts in packed.items():
-        sd[key] = np.concatenate(parts, axis=0)
-    return sd
+    return torch_io.export_state_dict(model, layout(model))
 
 
 def from_torch_state_dict(model: BrainEncoder, sd: dict[str, Any]) -> BrainEncoder:
     """Copies an upstream `brain_encoder` state_dict into `model` (in place), strictly.
 
     `backbone_model.*` and the tensors upstream creates but never uses in this path are
-    skipped; anything else missing, unexpected or mis-shaped raises ValueError (one line).
+    skipped; anything else missing, unexpected or mis-shaped raises `ConversionError`.
     """
-    sd = {k: np.asarray(v, np.float32) for k, v in sd.items()
-          if not k.startswith(("backbone_model.",) + _UNUSED)}
-    want = to_torch_state_dict(model)
-    missing = sorted(set(want) - set(sd))
-    unexpected = sorted(set(sd) - set(want))
-    wrong = [f"{k} {sd[k].shape} vs {want[k].shape}" for k in sorted(set(want) & set(sd))
-             if sd[k].shape != want[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError("state_dict does not fit the brain encoder (missing: "
-                         f"{missing[:6]}; unexpected: {unexpected[:6]}; shapes: {wrong[:4]})")
-    for key, (var, how, i) in _torch_names(model).items():
-        base = key.split("#")[0]
-        a = sd[base]
-        if "#" in key:
-            n = a.shape[0] // 3
-            a = a[i * n:(i + 1) * n]
-        var.value = jnp.asarray(a.T if how == "T" else a)
+    torch_io.fill_state_dict(model, layout(model), sd, source="brain encoder state_dict",
+                             target="the brain encoder", ignore=("backbone_model.",) + _UNUSED,
+                             limit=6)
     return model

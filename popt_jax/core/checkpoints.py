@@ -1,0 +1,167 @@
+"""Orbax checkpoints: model, optimiser, progress, run identity and the data-iterator state.
+
+Every trainer saves through `Checkpoints`: the latest N steps plus the best by a validation
+metric, the grain iterator position beside the weights (resume is bitwise), and a `meta`
+item naming the run (format, task, architecture) so a workdir of another run is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from popt_jax.errors import TrainingError
+
+
+class Checkpoints:
+    """Orbax `CheckpointManager` under `{workdir}/checkpoints`.
+
+    Items per step: `params`, `opt_state`, `meta` (format, task, model architecture),
+    `progress` (step, base rng key data) and the training iterator's position: `data`
+    (grain iterator state, one JSON file per process) or, for other iterators, their
+    `get_state()` inside `progress`. Kept: the
+    latest `keep` steps plus the best by `best_metric` (saved with its validation metrics).
+    """
+
+    def __init__(self, directory: str | os.PathLike, meta: dict[str, Any], *, keep: int = 2,
+                 best_metric: str = "loss", best_mode: str = "min"):
+        self.directory = Path(directory).absolute()
+        self.meta = meta
+        self.best_metric, self.best_mode = best_metric, best_mode
+        sign = 1.0 if best_mode == "max" else -1.0
+
+        def metric_fn(metrics):
+            # Ties go to the earliest step (upstream replaces its best only on a strict gain).
+            return sign * float(metrics[best_metric]) - 1e-9 * float(metrics.get("step", 0))
+
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(keep),
+            ocp.checkpoint_managers.BestN(get_metric_fn=metric_fn, n=1,
+                                          keep_checkpoints_without_metrics=False),
+        ])
+        self._check_directory()
+        # best_fn is set too: without it Orbax writes no metrics, and BestN sees none.
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(
+                preservation_policy=policy, best_fn=metric_fn, best_mode="max", create=True,
+                enable_async_checkpointing=True))
+
+    def _check_directory(self) -> None:
+        if not self.directory.exists():
+            return
+        if not self.directory.is_dir():
+            raise TrainingError(f"{self.directory} exists and is not a directory")
+        steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        if not steps:
+            return
+        found = read_meta(self.directory / str(steps[-1]))
+        want = {k: self.meta[k] for k in ("format", "task", "model")}
+        have = {k: (found or {}).get(k) for k in want}
+        if have != want:
+            diff = [f"{k}: {have[k]!r} vs this run {want[k]!r}" for k in want if have[k] != want[k]]
+            raise TrainingError(
+                f"{self.directory} holds checkpoints of a different run ({'; '.join(diff)}); "
+                "nothing was overwritten: pick another --workdir or remove that one")
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The saved step with the best `best_metric`; the latest if none has metrics."""
+        best, best_val = None, None
+        for step in sorted(self.manager.all_steps()):  # ties: the earliest, as upstream
+            m = self.manager.metrics(step)
+            if not m or self.best_metric not in m or not np.isfinite(m[self.best_metric]):
+                continue
+            v = float(m[self.best_metric])
+            better = best_val is None or (v > best_val if self.best_mode == "max"
+                                          else v < best_val)
+            if better:
+                best, best_val = step, v
+        return best if best is not None else self.latest_step()
+
+    def save(self, step: int, params, opt_state, progress: dict[str, Any], data_iter=None,
+             metrics: dict[str, float] | None = None) -> None:
+        items = dict(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(self.meta),
+            progress=ocp.args.JsonSave(progress),
+        )
+        if data_iter is not None:
+            if _is_grain(data_iter):
+                import grain
+
+                items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+            else:
+                progress = {**progress, "data_state": data_iter.get_state()}
+                items["progress"] = ocp.args.JsonSave(progress)
+        metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "step": step}
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+
+    def restore(self, step: int, params, opt_state=None, data_iter=None):
+        """Restores into the shardings/dtypes of the given (abstract or concrete) trees."""
+        def abstract(tree):
+            return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+        items = dict(params=ocp.args.StandardRestore(abstract(params)),
+                     progress=ocp.args.JsonRestore())
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardRestore(abstract(opt_state))
+        grain_data = data_iter is not None and _is_grain(data_iter)
+        if grain_data:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if data_iter is not None and not grain_data:
+            data_iter.set_state(out["progress"]["data_state"])
+        return out
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _is_grain(it) -> bool:
+    import grain
+
+    return isinstance(it, grain.DatasetIterator)
+
+
+def read_meta(step_dir: Path) -> dict[str, Any] | None:
+    path = Path(step_dir) / "meta" / "metadata"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------
+
+
+
+class _QuietOrbax(std_logging.Filter):
+    """Drops Orbax's INFO chatter (dozens of lines per checkpoint); warnings still pass."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+    logger = std_logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+        logger.addFilter(_QuietOrbax())
+

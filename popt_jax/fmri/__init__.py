@@ -1,0 +1,26 @@
+"""The fMRI family: the transformer brain encoder (Algonauts 2023 / NSD).
+
+Public API (imported on first use)::
+
+    from popt_jax.fmri import (DinoV2, DinoV2Config, load_dinov2, BrainEncoder,
+                               BrainEncoderConfig, challenge_score, pearson_r)
+
+Modules: `dinov2` (backbone), `convert_dinov2` (its weights), `decoder` (ROI-query decoder and
+readout, upstream state_dict import), `algonauts` (reader), `synthetic_algonauts`,
+`feature_cache` (backbone features on disk), `metrics`, `plots`, `train` (the job).
+"""
+
+import importlib
+
+_API = {
+    "DinoV2": "dinov2", "DinoV2Config": "dinov2", "load_dinov2": "convert_dinov2",
+    "BrainEncoder": "decoder", "BrainEncoderConfig": "decoder",
+    "challenge_score": "metrics", "pearson_r": "metrics",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,315 @@
+"""Transformer building blocks shared by BrainBERT and PopT (post-norm, PyTorch layout).
+
+Sinusoidal tables, a hashed-index dropout, token packing (per-token layers on real tokens
+only) and the encoder stack.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from popt_jax.core.nn import layer_norm, torch_linear
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def sinusoid_table(max_len: int, dim: int) -> np.ndarray:
+    """The sin/cos interleaved table of the PyTorch tutorial, computed in float32 as upstream.
+
+    Float32 arithmetic matters: at positions in the thousands the argument's rounding moves
+    the sine by ~1e-4, so a float64 table would not match the tables stored in checkpoints.
+    """
+    position = np.arange(max_len, dtype=np.float32)[:, None]
+    div_term = np.exp(
+        np.arange(0, dim, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / dim)
+    ).astype(np.float32)
+    arg = (position * div_term).astype(np.float32)
+    table = np.zeros((max_len, dim), np.float32)
+    table[:, 0::2] = np.sin(arg)
+    table[:, 1::2] = np.cos(arg)
+    return table
+
+
+def activation(name: str):
+    if name == "gelu":
+        return functools.partial(jax.nn.gelu, approximate=False)  # torch's erf GELU
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"activation must be 'gelu' or 'relu', got {name!r}")
+
+
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer finaliser with full avalanche (xor-shift / multiply rounds)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x21F0AAAD)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0xD35A2D97)
+    return x ^ (x >> 15)
+
+
+def hashed_bits(key: jax.Array, shape: tuple[int, ...], rows: jax.Array | None = None
+                ) -> jax.Array:
+    """uint32 pseudo-random bits of `shape`: a keyed hash of each element's logical index.
+
+    The index is the element's flat position in `shape`, or, with `rows` (shape[:-1]), the
+    position `rows * shape[-1] + last index` in the array the rows were taken from: a packed
+    array (`TokenPacking.rows`) then gets exactly the bits of its padded original.
+
+    Two rounds of `_mix32` keyed by 64 bits drawn from `key`. Unlike `jax.random.bits`
+    (threefry: 20 rounds per pair of words; rbg: an unfused `rng_bit_generator` call), this is
+    a handful of integer ops that XLA fuses into the consumer, so a dropout mask costs about
+    as much as the multiply it feeds. The bits depend only on the key and the logical index,
+    so they are the same however the array is sharded or packed. Good enough for dropout
+    masks, not for anything needing statistical-test quality.
+    """
+    s = jax.random.bits(key, (2,), jnp.uint32)
+    if rows is None:
+        idx = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    else:
+        last = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+        idx = rows.astype(jnp.uint32)[..., None] * jnp.uint32(shape[-1]) + last
+    return _mix32(_mix32(idx ^ s[0]) + s[1])
+
+
+class Dropout(nnx.Dropout):
+    """`nnx.Dropout` (same state, streams and semantics) with the mask from `hashed_bits`.
+
+    An element is kept when its bits are >= round(rate * 2**32), so the drop probability is
+    `rate` to within 2**-32; kept elements are scaled by 1 / (1 - rate) as in torch. `rows`
+    (optional, inputs.shape[:-1]) names each row's position in the unpacked array.
+    """
+
+    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None,
+                 rows: jax.Array | None = None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if deterministic or self.rate == 0.0:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        if self.broadcast_dims:
+            raise NotImplementedError("hashed dropout has no broadcast_dims")
+        stream = self.rngs if rngs is None else rngs
+        if isinstance(stream, nnx.Rngs):
+            stream = stream[self.rng_collection]
+        key = stream() if callable(stream) else stream
+        threshold = jnp.uint32(min(round(self.rate * 2.0**32), 2**32 - 1))
+        keep = hashed_bits(key, inputs.shape, rows) >= threshold
+        return jnp.where(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs)).astype(
+            inputs.dtype)
+
+
+class TokenPacking(NamedTuple):
+    """Where the real tokens of a padded batch [B, L] sit in a packed array [G, n, ...].
+
+    The batch is cut into G equal groups of consecutive examples (one per data-parallel
+    shard, so that packing never moves a token across devices); each group's real tokens
+    are laid out first-to-last in n slots, and slots beyond the group's count are empty.
+    Per-token layers (projections, FFN, LayerNorm) then run on G * n rows instead of B * L:
+    a batch whose examples are on average half padding costs about half the FLOPs. Only
+    attention goes back to the padded layout, where the key-padding mask applies as usual.
+    """
+
+    gather: jax.Array  # [G, n] int32: slot -> flat padded index in its group (Bg * L = empty)
+    scatter: jax.Array  # [G, Bg * L] int32: flat padded index -> slot (n = padding)
+    rows: jax.Array  # [G, n] int32: slot -> flat padded index in the whole batch (for dropout)
+    length: int  # L
+
+
+class PackSpec(NamedTuple):
+    """Static packing plan of a batch (hashable: a jit static argument).
+
+    slots: per-group slots for the real tokens (None = padded layout);
+    groups: packing groups (one per data-parallel shard);
+    out_slots: per-group slots for the rows whose final hidden state is read (`out_rows`);
+      the last layer computes only those after its attention (None = every row).
+    """
+
+    slots: int | None
+    groups: int = 1
+    out_slots: int | None = None
+
+
+def make_packing(pad_mask: jax.Array, n: int, groups: int = 1) -> TokenPacking:
+    """Packing of `pad_mask` [B, L] (True = padding) into `groups` x `n` slots.
+
+    `n` must be at least the largest number of real tokens in any group (the caller counts
+    them on the host; see `packed_length`): extra real tokens would be dropped.
+    """
+    b, length = pad_mask.shape
+    if b % groups:
+        raise ValueError(f"batch {b} does not split into {groups} packing groups")
+    real = jnp.logical_not(pad_mask.reshape(groups, (b // groups) * length))
+
+    def one(r):
+        slot = jnp.cumsum(r, dtype=jnp.int32) - 1
+        scatter = jnp.where(r, slot, n).astype(jnp.int32)
+        gather = jnp.full((n + 1,), r.shape[0], jnp.int32).at[scatter].set(
+            jnp.arange(r.shape[0], dtype=jnp.int32), mode="drop")
+        return gather[:n], scatter
+
+    gather, scatter = jax.vmap(one)(real)
+    rows = gather + (jnp.arange(groups, dtype=jnp.int32) * real.shape[1])[:, None]
+    return TokenPacking(gather, scatter, rows, length)
+
+
+def packed_length(pad_mask: np.ndarray, groups: int = 1, quantum: int = 16) -> int:
+    """Host-side slot count for `make_packing`: the largest group's real-token count,
+    rounded up to a multiple of (group size / `quantum`) so that few distinct shapes (and
+    compilations) occur. Returns the group size itself when packing would not save work."""
+    b, length = pad_mask.shape
+    per_group = (b // groups) * length
+    counts = np.logical_not(np.asarray(pad_mask)).reshape(groups, -1).sum(axis=1)
+    step = max(1, -(-per_group // quantum))
+    n = min(per_group, -(-int(counts.max()) // step) * step)
+    return max(n, 1)
+
+
+def pack(p: TokenPacking, x: jax.Array) -> jax.Array:
+    """[B, L, ...] -> [G, n, ...] (empty slots are zero)."""
+    g = p.gather.shape[0]
+    flat = x.reshape(g, -1, *x.shape[2:])
+    flat = jnp.concatenate([flat, jnp.zeros_like(flat[:, :1])], axis=1)
+    return jax.vmap(lambda a, i: a[i])(flat, p.gather)
+
+
+def unpack(p: TokenPacking, y: jax.Array) -> jax.Array:
+    """[G, n, ...] -> [B, L, ...] (padded positions are zero)."""
+    y = jnp.concatenate([y, jnp.zeros_like(y[:, :1])], axis=1)
+    out = jax.vmap(lambda a, i: a[i])(y, p.scatter)
+    return out.reshape(-1, p.length, *y.shape[2:])
+
+
+class MultiHeadAttention(nnx.Module):
+    """Self-attention with PyTorch `nn.MultiheadAttention` numerics and per-head weights.
+
+    q, k and v are separate Linear layers here; the converters split/pack PyTorch's
+    `in_proj_weight` [3d, d]. Softmax runs in float32 whatever the compute dtype.
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, *, rngs: nnx.Rngs, dtype=None):
+        if dim % n_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {n_heads} heads")
+        self.n_heads = n_heads
+        xavier = nnx.initializers.xavier_uniform()
+        zeros = nnx.initializers.zeros_init()
+        self.query = nnx.Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
+                                rngs=rngs)
+        self.key = nnx.Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
+                              rngs=rngs)
+        self.value = nnx.Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
+                                rngs=rngs)
+        self.out = torch_linear(dim, dim, rngs, dtype)
+        self.dropout = Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
+                 packing: TokenPacking | None = None, out_packing: TokenPacking | None = None):
+        """x [B, L, d], pad_mask [B, L] (True = padding) -> (out [B, L, d], weights [B, H, L, L]).
+
+        With `packing`, x and out are packed [G, n, d] (see `TokenPacking`); with
+        `out_packing`, out is packed that way instead (only those queries' rows come out).
+        The weights are always in the padded layout.
+        """
+        d = x.shape[-1]
+        hd = d // self.n_heads
+        # One GEMM for q, k and v (the parameters stay separate, as in the checkpoints).
+        kernel = jnp.concatenate([self.query.kernel.value, self.key.kernel.value,
+                                  self.value.kernel.value], axis=1)
+        bias = jnp.concatenate([self.query.bias.value, self.key.bias.value,
+                                self.value.bias.value])
+        dtype = self.query.dtype or x.dtype
+        qkv = jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        if packing is not None:
+            qkv = unpack(packing, qkv)
+        b, length = qkv.shape[:2]
+        q, k, v = jnp.split(qkv.reshape(b, length, 3, self.n_heads, hd), 3, axis=2)
+        q, k, v = q[:, :, 0] * (1.0 / math.sqrt(hd)), k[:, :, 0], v[:, :, 0]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        if pad_mask is not None:
+            logits = jnp.where(pad_mask[:, None, None, :], -jnp.inf, logits)
+        weights = jax.nn.softmax(logits, axis=-1)
+        dropped = self.dropout(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v).reshape(b, length, d)
+        out_packing = out_packing if out_packing is not None else packing
+        if out_packing is not None:
+            out = pack(out_packing, out)
+        return self.out(out), dropped
+
+
+class EncoderLayer(nnx.Module):
+    """Post-norm transformer layer: LN(x + MHA(x)) -> LN(x + FFN(x)), dropout as PyTorch."""
+
+    def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, activation: str,
+                 *, rngs: nnx.Rngs, dtype=None):
+        self.self_attn = MultiHeadAttention(dim, n_heads, dropout, rngs=rngs, dtype=dtype)
+        self.linear1 = torch_linear(dim, ff_dim, rngs, dtype)
+        self.linear2 = torch_linear(ff_dim, dim, rngs, dtype)
+        self.norm1 = layer_norm(dim, rngs, dtype)
+        self.norm2 = layer_norm(dim, rngs, dtype)
+        self.dropout = Dropout(dropout, rngs=rngs)
+        self.dropout1 = Dropout(dropout, rngs=rngs)
+        self.dropout2 = Dropout(dropout, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
+                 packing: TokenPacking | None = None, out_packing: TokenPacking | None = None):
+        """x [B, L, d] or packed by `packing`; with `out_packing` only its rows are computed
+        after the attention (the output comes out packed that way)."""
+        attn, weights = self.self_attn(x, pad_mask, deterministic=deterministic,
+                                       packing=packing, out_packing=out_packing)
+        if out_packing is not None:
+            x = pack(out_packing, unpack(packing, x) if packing is not None else x)
+            packing = out_packing
+        drop = functools.partial(Dropout.__call__, deterministic=deterministic,
+                                 rows=None if packing is None else packing.rows)
+        x = self.norm1(x + drop(self.dropout1, attn))
+        h = drop(self.dropout, activation(self.activation)(self.linear1(x)))
+        x = self.norm2(x + drop(self.dropout2, self.linear2(h)))
+        return x, weights
+
+
+class Encoder(nnx.Module):
+    """A stack of post-norm layers (no final norm)."""
+
+    def __init__(self, n_layers: int, dim: int, n_heads: int, ff_dim: int, dropout: float,
+                 activation: str, *, rngs: nnx.Rngs, dtype=None):
+        self.layers = nnx.List([
+            EncoderLayer(dim, n_heads, ff_dim, dropout, activation, rngs=rngs, dtype=dtype)
+            for _ in range(n_layers)
+        ])
+
+    def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
+                 packing: TokenPacking | None = None, out_packing: TokenPacking | None = None):
+        """`out_packing`: the rows the caller reads; the last layer computes only those after
+        its attention (earlier layers need every row as keys and values)."""
+        weights = []
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x, w = layer(x, pad_mask, deterministic=deterministic, packing=packing,
+                         out_packing=out_packing if last else None)
+            weights.append(w)
+        return x, weights
+
+
+class SpecPredictionHead(nnx.Module):
+    """Linear -> GELU -> LayerNorm -> Linear(hidden -> out_dim)."""
+
+    def __init__(self, dim: int, out_dim: int, activation: str, *, rngs: nnx.Rngs, dtype=None):
+        self.hidden_layer = torch_linear(dim, dim, rngs, dtype)
+        self.layer_norm = layer_norm(dim, rngs, dtype)
+        self.output = torch_linear(dim, out_dim, rngs, dtype)
+        self.activation = activation
+
+    def __call__(self, h):
+        h = activation(self.activation)(self.hidden_layer(h))
+        return self.output(self.layer_norm(h))
