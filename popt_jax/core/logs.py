@@ -1,4 +1,8 @@
-"""Run logs: progress lines with rate and ETA, `metrics.jsonl` and TensorBoard events."""
+"""Run logs: progress lines with rate and ETA, `metrics.jsonl` and TensorBoard events.
+
+`Progress` is the one progress/ETA logger: training steps (`Logs.progress`), BrainBERT
+feature extraction (windows) and the fMRI backbone feature cache (images) all report through it.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,7 @@ class Logs:
 
     def __init__(self, workdir: Path, total_steps: int, start_step: int):
         self.main = jax.process_index() == 0
-        self.total, self.t0, self.s0 = total_steps, time.perf_counter(), start_step
-        self.last_t, self.last_step = self.t0, start_step
+        self._steps = Progress("steps", total_steps, start=start_step, label="step")
         self.jsonl = workdir / "metrics.jsonl"
         self.tb = None
         if self.main:
@@ -44,20 +47,55 @@ class Logs:
         self.tb.scalars(step, {f"{split}/{k}": v for k, v in values.items()})
 
     def progress(self, step: int, values: dict[str, float]) -> float:
-        """Logs 'step s/N loss ... steps/s ETA'; returns steps/s since the last call."""
-        now = time.perf_counter()
-        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
-        overall = (step - self.s0) / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / max(overall, 1e-9)
-        self.last_t, self.last_step = now, step
-        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-        logging.info("step %d/%d %s | %.2f steps/s | ETA %s", step, self.total, shown, rate,
-                     _hms(eta))
-        return rate
+        """Logs 'step s/N loss ... | steps/s | ETA'; returns steps/s since the last call."""
+        return self._steps.log(step, "".join(f" {k} {v:.4g}" for k, v in values.items()))
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class Progress:
+    """Counts done items of a known total and logs 'label done/total | rate | ETA'.
+
+    `update(n)` adds n items and logs at most every `every_s` seconds (and at the end);
+    `log(done)` logs now. The logged rate is the one since the previous line, the ETA uses
+    the rate since construction (so a slow first compilation fades out).
+
+    Args:
+      unit: what is counted, e.g. "steps", "windows", "images" (the rate is unit/s).
+      total: items when done.
+      start: items already done (a resumed run).
+      every_s: least seconds between `update` lines.
+      label: start of every line.
+      per_item: optional (name, factor): a second rate, e.g. ("electrode-windows", n_e).
+    """
+
+    def __init__(self, unit: str, total: int, *, start: int = 0, every_s: float = 0.0,
+                 label: str = "", per_item: tuple[str, float] | None = None):
+        self.unit, self.total, self.start, self.every_s = unit, int(total), int(start), every_s
+        self.label, self.per_item = label, per_item
+        self.t0 = self.last_t = time.perf_counter()
+        self.done = self.last_done = int(start)
+
+    def update(self, n: int = 1) -> None:
+        """Adds `n` done items; logs when `every_s` passed since the last line, or at the end."""
+        self.done += int(n)
+        if self.done >= self.total or time.perf_counter() - self.last_t >= self.every_s:
+            self.log(self.done)
+
+    def log(self, done: int, detail: str = "") -> float:
+        """Logs the line for `done` items (with `detail` after the count); returns the rate
+        since the previous line (items/s)."""
+        now = time.perf_counter()
+        rate = (done - self.last_done) / max(now - self.last_t, 1e-9)
+        overall = (done - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / max(overall, 1e-9)
+        self.done, self.last_done, self.last_t = done, done, now
+        extra = f" ({rate * self.per_item[1]:.0f} {self.per_item[0]}/s)" if self.per_item else ""
+        logging.info("%s %d/%d%s | %.2f %s/s%s | ETA %s", self.label, done, self.total, detail,
+                     rate, self.unit, extra, _hms(eta))
+        return rate
 
 
 def _hms(seconds: float) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from popt_jax.core.logs import Progress
 from popt_jax.errors import DataError
 from popt_jax.fmri import dinov2
 from popt_jax.fmri.algonauts import read_png
@@ -64,24 +64,6 @@ def cache_key(backbone: str, kind: str, block: int, files: Sequence[Path],
               compute_dtype: str = "float32") -> str:
     blob = json.dumps([FORMAT, backbone, kind, int(block), _names_sha(files), compute_dtype])
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-class _Progress:
-    def __init__(self, label: str, total: int, start: int, every_s: float = 10.0):
-        self.label, self.total, self.start = label, total, start
-        self.t0 = self.last = time.perf_counter()
-        self.every_s = every_s
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self.last < self.every_s:
-            return
-        self.last = now
-        rate = (done - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - done) / max(rate, 1e-9)
-        logging.info("features %s: %d/%d images (%.0f%%), %.1f images/s, ETA %dm%02ds",
-                     self.label, done, self.total, 100.0 * done / max(self.total, 1), rate,
-                     int(eta) // 60, int(eta) % 60)
 
 
 def _open_store(path: Path, attrs: dict[str, Any], shape: tuple[int, ...]) -> h5py.File:
@@ -148,7 +130,8 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
         if start:
             logging.info("features %s: resuming at image %d of %d", label, start, n)
         ds = f["features"]
-        prog = _Progress(label or path.stem, n, start, progress_every_s)
+        prog = Progress("images", n, start=start, every_s=progress_every_s,
+                        label=f"features {label or path.stem}:")
         dtype = jnp.dtype(compute_dtype)
         with ThreadPoolExecutor(max_workers=4) as pool:
             def submit(a):
@@ -169,7 +152,7 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
                 ds[a:b] = np.asarray(out[:b - a], np.float16)
                 f.attrs["completed"] = b
                 f.flush()
-                prog.update(b, force=b == n)
+                prog.update(b - a)
     finally:
         f.close()
     return path

@@ -51,6 +51,7 @@ from absl import logging
 from flax import nnx
 
 from popt_jax.core.jsonio import atomic_json
+from popt_jax.core.logs import Progress
 from popt_jax.errors import DataError
 from popt_jax.ieeg import brainbert, feature_store
 from popt_jax.ieeg import preprocess as pp
@@ -130,26 +131,6 @@ def _cap_task(ex: pp.TaskExamples, max_windows: int | None, seed: int) -> np.nda
 # --------------------------------------------------------------------------- extraction
 
 
-class _Progress:
-    """Logs windows done, windows/s and ETA at most every ``every_s`` seconds."""
-
-    def __init__(self, label: str, total: int, n_electrodes: int, every_s: float):
-        self.label, self.total, self.n_e, self.every_s = label, total, n_electrodes, every_s
-        self.t0 = self.last = time.perf_counter()
-        self.done = 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last < self.every_s:
-            return
-        self.last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        logging.info("%s: %d/%d windows, %.1f windows/s (%.0f electrode-windows/s), ETA %.0f s",
-                     self.label, self.done, self.total, rate, rate * self.n_e, eta)
-
-
 def _window_batch(data: np.ndarray, starts: np.ndarray, length: int, size: int) -> np.ndarray:
     """float32 [size, E, length] windows; short batches repeat the last window (fixed shape)."""
     out = np.empty((size, data.shape[0], length), dtype=np.float32)
@@ -161,7 +142,7 @@ def _window_batch(data: np.ndarray, starts: np.ndarray, length: int, size: int) 
 
 def _embed_all(model: brainbert.BrainBERT, data: np.ndarray, starts: np.ndarray, length: int,
                sink: h5py.Dataset, *, batch_windows: int, compute_dtype, chunk: int | None,
-               progress: _Progress) -> None:
+               progress: Progress) -> None:
     """Embed the windows at ``starts`` into ``sink`` rows 0..len-1, one jitted shape.
 
     JAX dispatch is asynchronous: the next batch is cut on the host while the device runs the
@@ -179,7 +160,7 @@ def _embed_all(model: brainbert.BrainBERT, data: np.ndarray, starts: np.ndarray,
         _flush(sink, *pending, progress)
 
 
-def _flush(sink: h5py.Dataset, out, a: int, n: int, progress: _Progress) -> None:
+def _flush(sink: h5py.Dataset, out, a: int, n: int, progress: Progress) -> None:
     sink[a:a + n] = np.asarray(out)[:n].astype(sink.dtype)
     progress.update(n)
 
@@ -214,7 +195,8 @@ def _write_trial(bt: BrainTreebank, model: brainbert.BrainBERT, subject: str, tr
         [np.zeros(0, np.int64)] + [ex.starts[keep] for ex, keep in examples.values()]))
 
     total = len(pre_starts) + (len(win_starts) if finetune else 0)
-    progress = _Progress(label, total, len(names), progress_every_s)
+    progress = Progress("windows", total, every_s=progress_every_s, label=f"{label}:",
+                        per_item=("electrode-windows", len(names)))
 
     def fill(starts: np.ndarray, sink: h5py.Dataset) -> None:
         _embed_all(model, trial_data.data, starts, w, sink, batch_windows=batch_windows,
