@@ -7,10 +7,12 @@
         --config.features_dir=runs/features/features --config.task=volume
 
 `init_checkpoint` may be a converted PopT (safetensors dir), the original `.pth`, or a
-popt_jax pretraining workdir; empty (the default) first runs `config.pretrain` (the
-`configs/pretrain.py` default) in `{workdir}/pretrain` on the same feature store. With no
-`features_dir` the synthetic Brain Treebank and its features are made under the workdir, so the
-default runs end to end (pretraining + fine-tuning) in a few minutes on a 2-core CPU.
+popt_jax pretraining workdir. Empty inputs are filled by the default-inputs step
+(`popt_jax.ieeg.defaults.prepare_default_inputs`): no `features_dir` -> the synthetic Brain
+Treebank and its features in `{workdir}/extract`; no `init_checkpoint` -> a short pretraining
+run (`default_inputs.pretrain`, the `configs/pretrain.py` default) in `{workdir}/pretrain` on
+the same store. So the default runs end to end (pretraining + fine-tuning) in a few minutes on
+a 2-core CPU.
 
 The paper recipe (SPEC section 3: AdamW weight decay 0.01, head lr 5e-4, body lr 5e-5, batch
 128, 2000 steps, validation every 100, best by validation ROC-AUC, random 80/10/10 split) is
@@ -29,6 +31,12 @@ def _load(name):
     return load_sibling_config(__file__, name)
 
 
+def _default_pretrain(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """The pretraining config of the default inputs: its store is the fine-tuning run's."""
+    del config.default_inputs
+    return config
+
+
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     """Args: arg: None (small default) or 'paper' (the published recipe)."""
     if arg not in (None, "", "paper"):
@@ -40,9 +48,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     # What to fine-tune from (see the module docstring); the architecture comes from it.
     config.init_checkpoint = ""
-    # The pretraining run made when init_checkpoint is empty (its features_dir is set to
-    # this run's store). Override its fields as --config.pretrain.total_steps=...
-    config.pretrain = pretrain.get_config(arg)
+    # The default pretraining run, made only when init_checkpoint is empty (on this run's
+    # store). Override its fields as --config.default_inputs.pretrain.total_steps=...
+    config.default_inputs.pretrain = _default_pretrain(pretrain.get_config(arg))
 
     # Data (popt_jax.data.datasets): the decoding task, subject and split.
     config.task = "word_onset"  # volume | pitch | sentence_onset | word_onset

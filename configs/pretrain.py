@@ -2,9 +2,10 @@
 
     python -m popt_jax.main --config configs/pretrain.py --workdir runs/pretrain
 
-The default runs end to end in a few minutes on a 2-core CPU: with no `features_dir` it first
-writes the synthetic Brain Treebank and extracts features with a small random BrainBERT
-(`configs/extract_features.py` defaults, ~1 minute), then pretrains a SMALL PopT (hidden 128,
+The default runs end to end in a few minutes on a 2-core CPU: with no `features_dir` the
+default-inputs step (`popt_jax.ieeg.defaults`) first writes the synthetic Brain Treebank and
+extracts features with a small random BrainBERT into `{workdir}/extract`
+(`configs/extract_features.py` defaults, ~1 minute), then the job pretrains a SMALL PopT (hidden 128,
 2 layers) for 300 steps at batch 16. The published PopT (hidden 512, 6 layers, 8 heads, FFN
 2048) takes ~1 s per step at batch 8 on such a machine, too slow for a few-minute default.
 
@@ -54,16 +55,21 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.workdir = ""  # output folder; --workdir wins; empty = runs/pretrain
     config.seed = 0  # model init, dropout keys and data order
 
-    # Features: an existing store (popt_jax.features layout) or, if empty, one extracted
-    # under {workdir}/extract with the `features` config (synthetic data by default).
+    # Inputs: a feature store (popt_jax.ieeg.feature_store layout; only read). Empty = the
+    # built-in default made by popt_jax.ieeg.defaults.prepare_default_inputs: the extraction
+    # job with `default_inputs.extract` (synthetic data) into {workdir}/extract/features.
     config.features_dir = ""
-    config.features = _load("extract_features").get_config()
+    config.default_inputs = config_dict.ConfigDict()  # used only for empty input paths
+    config.default_inputs.extract = _load("extract_features").get_config()  # extraction config
 
     # Data (popt_jax.data.datasets): how pretraining examples are drawn from the store.
     config.data = config_dict.ConfigDict()
     config.data.subjects = ()  # subjects to pretrain on; empty = every file in the store
     config.data.selection = ""  # electrode JSON {subject: [names]}; empty = all stored
-    config.data.split = "time_blocked"  # or "random" (upstream); saved in splits.json
+    config.data.split = "time_blocked"  # or "random" (upstream); saved in the split file
+    # Splits JSON (made once, reused; a stored split made with other settings is refused).
+    # Empty = {workdir}/splits.json; name one file to share splits between experiments.
+    config.data.split_file = ""
     config.data.val_fraction = 0.01 if paper else 0.1  # upstream 0.01 (tiny synthetic: 0.1)
     config.data.test_fraction = 0.1  # held-out pretraining windows
     config.data.time_blocks = 5  # contiguous blocks per recording (time_blocked split)

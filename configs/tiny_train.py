@@ -3,8 +3,9 @@
     python -m popt_jax.main --config configs/tiny_train.py:pretrain --workdir /tmp/tiny_pre
     python -m popt_jax.main --config configs/tiny_train.py:finetune --workdir /tmp/tiny_ft
 
-Features come from `configs/tiny.py` (one short synthetic subject, a 1-layer BrainBERT);
-a few steps of each job, checkpointing twice, on random splits.
+The default inputs (`popt_jax.ieeg.defaults`) are the `configs/tiny.py` features (one short
+synthetic subject, a 1-layer BrainBERT) and, for fine-tuning, a tiny pretraining run; a few
+steps of each job, checkpointing twice, on random splits.
 """
 
 
@@ -18,7 +19,6 @@ def _load(name):
 
 
 def _shrink(config: config_dict.ConfigDict) -> None:
-    config.features = _load("tiny").get_config()
     config.model.hidden_dim = 32
     config.model.n_heads = 2
     config.model.ff_dim = 64
@@ -38,6 +38,7 @@ def get_config(arg: str = "pretrain") -> config_dict.ConfigDict:
         raise ValueError(f"configs/tiny_train.py takes ':pretrain' or ':finetune', got {arg!r}")
     config = _load(arg).get_config()
     _shrink(config)
+    config.default_inputs.extract = _load("tiny").get_config()
     if arg == "finetune":
-        _shrink(config.pretrain)
+        _shrink(config.default_inputs.pretrain)
     return config

@@ -98,26 +98,32 @@ def test_time_blocked_split_has_no_leakage():
 
 def test_finetune_splits_saved_reused_and_checked(store, tmp_path):
     d = _fresh(store, tmp_path)
-    sizes = {sp: len(ds.FinetuneSource(d, "volume", 1, sp, split_mode="random"))
+    sf = tmp_path / "run" / "splits.json"  # a run product: the store is only read
+    before = sorted(p.name for p in d.iterdir())
+    sizes = {sp: len(ds.FinetuneSource(d, "volume", 1, sp, split_mode="random", split_file=sf))
              for sp in ("train", "val", "test")}
     assert sizes == {"train": 280, "val": 35, "test": 35}  # 350 examples: 80/10/10
-    saved = json.loads((d / "splits.json").read_text())
+    saved = json.loads(sf.read_text())
     entry = saved["volume/sub_1:random"]
     assert entry["train"] == ds.random_split(350, 0.1, 0.1)["train"]
     # A hand-edited saved split is what a later run uses (reuse, not recompute).
     entry["test"], entry["train"] = entry["train"][:3], entry["train"][3:] + entry["test"]
-    (d / "splits.json").write_text(json.dumps(saved))
-    assert len(ds.FinetuneSource(d, "volume", 1, "test", split_mode="random")) == 3
+    sf.write_text(json.dumps(saved))
+    assert len(ds.FinetuneSource(d, "volume", 1, "test", split_mode="random",
+                                 split_file=sf)) == 3
     with pytest.raises(DataError, match="splits.json"):
-        ds.FinetuneSource(d, "volume", 1, "test", split_mode="random", test_frac=0.2)
-    tb = {sp: ds.FinetuneSource(d, "word_onset", 1, sp) for sp in ("train", "val", "test")}
+        ds.FinetuneSource(d, "volume", 1, "test", split_mode="random", test_frac=0.2,
+                          split_file=sf)
+    tb = {sp: ds.FinetuneSource(d, "word_onset", 1, sp, split_file=sf)
+          for sp in ("train", "val", "test")}
     assert all(len(s) for s in tb.values())
     groups = np.concatenate([np.zeros(200, int), np.ones(150, int)])
     starts = np.full(350, -10**9)
     for s in tb.values():
         starts[s.example_ids] = s.starts
     _assert_no_overlap(groups, starts, {k: v.example_ids for k, v in tb.items()})
-    assert "word_onset/sub_1:time_blocked" in json.loads((d / "splits.json").read_text())
+    assert "word_onset/sub_1:time_blocked" in json.loads(sf.read_text())
+    assert sorted(p.name for p in d.iterdir()) == before  # nothing written into the store
 
 
 def test_pretrain_splits(store, tmp_path):

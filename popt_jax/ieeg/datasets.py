@@ -13,8 +13,10 @@ The feature store (`popt_jax.features`) holds one HDF5 file per subject-trial. H
   optional electrode sub-selection;
 * splits: ``random`` (upstream parity: sklearn ``train_test_split(random_state=42)`` twice,
   re-implemented with numpy) and ``time_blocked`` (contiguous blocks with a purge gap of one
-  window, so overlapping windows cannot leak), both saved to ``splits.json`` beside the
-  features and reused;
+  window, so overlapping windows cannot leak), made deterministically and, when a
+  ``split_file`` is given (the jobs use ``{workdir}/splits.json`` or ``config.data.split_file``),
+  saved there and reused: the feature store itself is only read, so any number of experiments
+  with any split settings share one store;
 * `collate` pads examples to a few fixed token lengths (buckets) so jit sees few shapes
   (`Collator` writes worker batches into shared memory), and `make_dataset` builds the grain
   pipeline ``source -> seed -> shuffle -> repeat -> random_map -> shard -> batch ->
@@ -58,7 +60,6 @@ __all__ = [
 
 DEFAULT_BUCKETS = (16, 32, 64, 128)
 PRETRAIN_KS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
-SPLITS_FILE = "splits.json"
 MIN_BLOCK_WINDOWS = 20  # time_blocked: shortest block, in window lengths (4 gaps each)
 
 
@@ -144,9 +145,13 @@ def time_blocked_split(groups: np.ndarray, starts: np.ndarray, window: int, val_
             for code, name in ((0, "train"), (1, "val"), (2, "test"))}
 
 
-def _load_or_make_split(features_dir: Path, key: str, params: dict[str, Any], make) -> dict:
-    """The split ``key`` of ``splits.json`` (made with ``make()`` and saved when absent)."""
-    path = features_dir / SPLITS_FILE
+def _load_or_make_split(split_file: str | os.PathLike | None, key: str, params: dict[str, Any],
+                        make) -> dict:
+    """The split ``key`` of the JSON ``split_file`` (made with ``make()`` and saved there when
+    absent; a stored entry made with other ``params`` is refused). No file: ``make()``."""
+    if split_file is None:
+        return {"params": params, **make()}
+    path = Path(split_file)
     stored: dict[str, Any] = {}
     if path.exists():
         try:
@@ -161,6 +166,7 @@ def _load_or_make_split(features_dir: Path, key: str, params: dict[str, Any], ma
         return entry
     entry = {"params": params, **make()}
     stored[key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
     # Every host of a multi-host job may get here at once: private temporary names, then an
     # atomic rename of identical content.
     tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
@@ -362,17 +368,20 @@ class PretrainSource:
     turn the record into a training / evaluation example.
 
     Args:
-        features_dir: the feature folder (``splits.json`` is read/written there).
+        features_dir: the feature folder (only read).
         split: "train", "val" or "test".
         cfg: `PretrainConfig`.
         subjects: restrict to these subjects (the split is made over the files kept).
         selection: optional electrode sub-selection {subject: [names]} or JSON path.
+        split_file: JSON file the split is saved to / reused from (checked against the
+            settings); None = made in memory (it is deterministic).
     """
 
     def __init__(self, features_dir: str | os.PathLike, split: str = "train",
                  cfg: PretrainConfig = PretrainConfig(),
                  subjects: Sequence[int | str] | None = None,
-                 selection: Mapping[str, Sequence[str]] | str | None = None):
+                 selection: Mapping[str, Sequence[str]] | str | None = None,
+                 split_file: str | os.PathLike | None = None):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
         if cfg.split_mode not in ("random", "time_blocked"):
@@ -396,7 +405,7 @@ class PretrainSource:
         if cfg.split_mode == "random":
             params["seed"] = cfg.split_seed
             entry = _load_or_make_split(
-                store.dir, "pretrain:random", params,
+                split_file, "pretrain:random", params,
                 lambda: random_split(len(file_of), cfg.val_frac, cfg.test_frac, cfg.split_seed))
             # B and R may come from anywhere in the recording (upstream).
             self._pool = [np.arange(n) for n in n_win]
@@ -406,7 +415,7 @@ class PretrainSource:
             all_starts = np.concatenate([fi.pretrain_starts for fi in store.files])
             all_file = np.concatenate([np.full(n, i) for i, n in enumerate(n_win)])
             entry = _load_or_make_split(
-                store.dir, "pretrain:time_blocked", {**params, "n": int(len(all_starts))},
+                split_file, "pretrain:time_blocked", {**params, "n": int(len(all_starts))},
                 lambda: time_blocked_split(all_file, all_starts, store.files[0].window_samples,
                                            cfg.val_frac, cfg.test_frac, cfg.time_blocks))
             offsets = np.concatenate([[0], np.cumsum(n_win)])
@@ -478,13 +487,15 @@ class FinetuneSource:
         val_frac, test_frac: split fractions.
         split_seed: random-split seed.
         time_blocks: blocks per recording for "time_blocked".
+        split_file: JSON file the split is saved to / reused from (checked against the
+            settings); None = made in memory (it is deterministic).
     """
 
     def __init__(self, features_dir: str | os.PathLike, task: str, subject: int | str,
                  split: str = "train", *, split_mode: str = "time_blocked",
                  selection: Mapping[str, Sequence[str]] | str | None = None,
                  val_frac: float = 0.1, test_frac: float = 0.1, split_seed: int = 42,
-                 time_blocks: int = 5):
+                 time_blocks: int = 5, split_file: str | os.PathLike | None = None):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
         store = FeatureStore(features_dir, [subject])
@@ -508,11 +519,11 @@ class FinetuneSource:
                   "val_frac": val_frac, "test_frac": test_frac}
         key = f"{task}/{subject_id(subject)}:{split_mode}"
         if split_mode == "random":
-            entry = _load_or_make_split(store.dir, key, {**params, "seed": split_seed},
+            entry = _load_or_make_split(split_file, key, {**params, "seed": split_seed},
                                         lambda: random_split(n, val_frac, test_frac, split_seed))
         elif split_mode == "time_blocked":
             entry = _load_or_make_split(
-                store.dir, key, {**params, "time_blocks": time_blocks},
+                split_file, key, {**params, "time_blocks": time_blocks},
                 lambda: time_blocked_split(file_of, starts, store.files[0].window_samples,
                                            val_frac, test_frac, time_blocks))
         else:

@@ -3,16 +3,21 @@
     python -m popt_jax.main --config configs/pretrain.py --workdir runs/pretrain
     python -m popt_jax.main --config configs/finetune.py --workdir runs/finetune
 
-`train_and_evaluate` is the loop both jobs share: a replicated model state on a ("data",)
-mesh, ONE jitted step (`train_lib.make_train_step`), validation every `eval_every` steps,
-Orbax checkpoints under `{workdir}/checkpoints` (the latest `keep_checkpoints` plus the best
-by validation: loss for pretraining, ROC-AUC for fine-tuning, ties to the earliest), automatic
-resume, and at the end the test split evaluated with the best checkpoint.
+A job reads its inputs from paths (`features_dir`, for fine-tuning `init_checkpoint`); empty
+ones are filled by the one default-inputs step (`defaults.prepare_default_inputs`).
+`train_and_evaluate` is the run both jobs share, built from `popt_jax.core.loop`: a replicated
+model state on a ("data",) mesh, ONE jitted step (`objectives.make_train_step`), validation
+every `eval_every` steps, Orbax checkpoints under `{workdir}/checkpoints` (the latest
+`keep_checkpoints` plus the best by validation: loss for pretraining, ROC-AUC for fine-tuning,
+ties to the earliest), automatic resume, and at the end the test split evaluated with the best
+checkpoint.
 
 Outputs in the workdir:
   * `checkpoints/<step>/`: params, opt_state, progress (step, base PRNG key), meta (task and
     architecture: a workdir of another model is refused, nothing overwritten), and the data
     position -- the grain iterator state, one JSON per process (`data/`);
+  * `splits.json` (or `config.data.split_file`): the train/val/test split, made once and
+    reused (the feature store is only read, so experiments can share it);
   * `metrics.jsonl`: one JSON object per train/valid/test line (lines after the resumed step
     are dropped on resume); `tensorboard/`: the same scalars (`tb_writer`);
   * `results.json` (atomic, at the end): test metrics, and for fine-tuning the predictions
@@ -35,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
@@ -46,19 +50,21 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from popt_jax.core import loop, steps
 from popt_jax.core import mesh as mesh_lib
-from popt_jax.core import steps
 from popt_jax.core.checkpoints import Checkpoints, quiet_orbax_logs, read_meta
-from popt_jax.core.jsonio import atomic_json
 from popt_jax.core.logs import Logs
 from popt_jax.core.metrics import compute_metrics
 from popt_jax.core.overview import parameter_overview
 from popt_jax.errors import TrainingError
-from popt_jax.ieeg import convert, objectives, optim
+from popt_jax.ieeg import convert, defaults, objectives, optim
 from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
 CHECKPOINT_FORMAT = "popt_jax.train/1"
+BEST_BY = {PRETRAIN: ("loss", "min"), FINETUNE: ("roc_auc", "max")}  # best checkpoint by valid
+NON_FINITE_HINT = ("Try a lower config.lr, compute_dtype=float32, or check the features for "
+                   "NaN/inf")
 
 
 class TaskData(Protocol):
@@ -106,17 +112,49 @@ def build_model(task: str, popt_cfg: PopTConfig, *, seed: int, dtype=jnp.float32
     return PopTClassifier(popt_cfg, n_out=1, rngs=rngs, dtype=dtype)
 
 
+def checked_popt_config(config, data: TaskData, popt_cfg: PopTConfig | None) -> PopTConfig:
+    """`popt_cfg` (default: from `config.model`), checked against the store's width."""
+    popt_cfg = popt_cfg or popt_config_from(config.model, data.input_dim)
+    if popt_cfg.input_dim != data.input_dim:
+        raise TrainingError(f"the model takes {popt_cfg.input_dim}-d embeddings but the feature "
+                            f"store holds {data.input_dim}-d ones (extract features with a "
+                            "BrainBERT of that width, e.g. the published one for 768)")
+    return popt_cfg
+
+
+def build_parts(config, task: str, popt_cfg: PopTConfig, init_params: nnx.State | None = None
+                ) -> tuple[steps.ModelParts, Any]:
+    """(split model, optimizer) of a fresh model, its PopT body optionally from `init_params`."""
+    dtype = compute_dtype(config)
+    model = build_model(task, popt_cfg, seed=int(config.seed), dtype=dtype)
+    if init_params is not None:
+        nnx.update(model.upstream, init_params)
+    logging.info("%s model (%s compute, float32 params):\n%s", type(model).__name__,
+                 dtype.name, parameter_overview(model))
+    return steps.split_model(model), optim.make_optimizer(config)
+
+
+def popt_step_fn(config, task: str, parts: steps.ModelParts, tx, mesh):
+    """The `loop.run_steps` step: checks the local batch, plans token packing, runs the
+    jitted train step on the global batch; aux = the gradient norm."""
+    train_step = objectives.make_train_step(task, parts, tx, mesh)
+    local_bs = mesh_lib.local_batch_size(int(config.batch_size), mesh)
+    pack_tokens = bool(config.get("pack_tokens", True))
+
+    def step_fn(params, opt_state, batch, key):
+        if len(batch["x"]) != local_bs:
+            raise TrainingError(f"the data layer gave {len(batch['x'])} rows, expected "
+                                f"{local_bs} (batch_size / processes)")
+        packed = objectives.pack_spec(task, batch, mesh) if pack_tokens else None
+        params, opt_state, m, gnorm = train_step(params, opt_state,
+                                                 mesh_lib.to_global(batch, mesh), key, packed)
+        return params, opt_state, m, {"grad_norm": gnorm}
+
+    return step_fn
+
+
 def model_meta(task: str, popt_cfg: PopTConfig) -> dict[str, Any]:
     return {"format": CHECKPOINT_FORMAT, "task": task, "model": dataclasses.asdict(popt_cfg)}
-
-
-def _check_finite(values: dict[str, float], step: int, what: str, last_ckpt) -> None:
-    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
-    if bad:
-        raise TrainingError(
-            f"non-finite {what} at step {step} ({', '.join(f'{k}={v}' for k, v in bad.items())})"
-            f"; stopped. Last good checkpoint: {last_ckpt}. Try a lower config.lr, "
-            "compute_dtype=float32, or check the features for NaN/inf")
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,111 +226,44 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
     workdir.mkdir(parents=True, exist_ok=True)
     quiet_orbax_logs()
     mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
-    popt_cfg = popt_cfg or popt_config_from(config.model, data.input_dim)
-    if popt_cfg.input_dim != data.input_dim:
-        raise TrainingError(f"the model takes {popt_cfg.input_dim}-d embeddings but the feature "
-                            f"store holds {data.input_dim}-d ones (extract features with a "
-                            "BrainBERT of that width, e.g. the published one for 768)")
-    dtype = compute_dtype(config)
-    model = build_model(task, popt_cfg, seed=int(config.seed), dtype=dtype)
-    if init_params is not None:
-        nnx.update(model.upstream, init_params)
-    logging.info("%s model (%s compute, float32 params):\n%s", type(model).__name__,
-                 dtype.name, parameter_overview(model))
-    parts = steps.split_model(model)
-    tx = optim.make_optimizer(config)
-    params = mesh_lib.replicate(parts.params, mesh)
-    opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
-    train_step = objectives.make_train_step(task, parts, tx, mesh)
+    popt_cfg = checked_popt_config(config, data, popt_cfg)
+    parts, tx = build_parts(config, task, popt_cfg, init_params)
     eval_step = objectives.make_eval_step(task, parts, mesh)
-
-    best_metric, best_mode = ("roc_auc", "max") if task == FINETUNE else ("loss", "min")
-    total = int(config.total_steps)
     ckpts = Checkpoints(workdir / "checkpoints", model_meta(task, popt_cfg),
-                        keep=int(config.get("keep_checkpoints", 2)), best_metric=best_metric,
-                        best_mode=best_mode)
-    base_key = jax.random.key(int(config.seed), impl=str(config.get("rng_impl", "rbg")))
-    step = 0
+                        keep=int(config.get("keep_checkpoints", 2)),
+                        best_metric=BEST_BY[task][0], best_mode=BEST_BY[task][1])
     train_iter = data.train_iterator()
-    latest = ckpts.latest_step()
-    if latest is not None:
-        restored = ckpts.restore(latest, params, opt_state, train_iter)
-        params, opt_state = restored["params"], restored["opt_state"]
-        progress = restored["progress"]
-        step = int(progress["step"])
-        base_key = jax.random.wrap_key_data(np.asarray(progress["rng"], np.uint32),
-                                            impl=progress["rng_impl"])
-        logging.info("resumed from %s at step %d", ckpts.directory / str(latest), step)
-    rng_impl = str(jax.random.key_impl(base_key))
-
-    logs = Logs(workdir, total, step)
-    eval_every = int(config.eval_every) or total
-    log_every = max(1, int(config.log_every))
-    batch_size, eval_bs = int(config.batch_size), int(config.get("eval_batch_size") or
-                                                      config.batch_size)
-    local_bs = mesh_lib.local_batch_size(batch_size, mesh)
-    pack_tokens = bool(config.get("pack_tokens", True))
-    train_metrics = None
-    last_ckpt = latest
-    t_start = time.perf_counter()
+    state = loop.restore_or_init(ckpts, mesh_lib.replicate(parts.params, mesh),
+                                 mesh_lib.replicate(tx.init(parts.params), mesh), train_iter,
+                                 seed=int(config.seed), rng_impl=str(config.get("rng_impl", "rbg")))
+    schedule = loop.Schedule.from_config(config)
+    logs = Logs(workdir, schedule.total, state.step)
+    eval_bs = int(config.get("eval_batch_size") or config.batch_size)
     try:
-        while step < total:
-            batch = next(train_iter)
-            if len(batch["x"]) != local_bs:
-                raise TrainingError(f"the data layer gave {len(batch['x'])} rows, expected "
-                                    f"{local_bs} (batch_size / processes)")
-            packed = objectives.pack_spec(task, batch, mesh) if pack_tokens else None
-            params, opt_state, m, gnorm = train_step(
-                params, opt_state, mesh_lib.to_global(batch, mesh), steps.step_key(base_key, step),
-                packed)
-            train_metrics = m if train_metrics is None else train_metrics.merge(m)
-            step += 1
-            if step % log_every == 0 or step == total:
-                values = compute_metrics(train_metrics)
-                values["grad_norm"] = float(gnorm)
-                values["lr"] = _current_lr(config, step - 1)
-                _check_finite(values, step, "training loss", last_ckpt)
-                logs.progress(step, values)
-                logs.write(step, "train", values)
-                train_metrics = None
-            stopping = step == int(config.get("stop_after_steps", 0) or -1)
-            if step % eval_every == 0 or step == total or stopping:
-                values, _ = evaluate(task, eval_step, params, data.eval_batches("valid"),
-                                     eval_bs, mesh)
-                _check_finite({"loss": values["loss"]}, step, "validation loss", last_ckpt)
-                logging.info("step %d valid %s", step,
-                             " ".join(f"{k} {v:.4f}" for k, v in values.items()))
-                logs.write(step, "valid", values)
-                progress = {"step": step, "rng": np.asarray(jax.random.key_data(base_key))
-                            .tolist(), "rng_impl": rng_impl}
-                ckpts.save(step, params, opt_state, progress, train_iter, metrics=values)
-                last_ckpt = step
-            if stopping:  # a simulated preemption (tests): checkpointed, no test evaluation
-                logging.info("stopping after step %d (config.stop_after_steps)", step)
-                return {"stopped_at": step}
-        train_seconds = time.perf_counter() - t_start
-        ckpts.wait()
-
-        best = ckpts.best_step()
-        best_params = ckpts.restore(best, params)["params"] if best != step else params
-        test, extras = evaluate(task, eval_step, best_params, data.eval_batches("test"),
-                                eval_bs, mesh)
-        logging.info("test (best step %s by valid %s): %s", best, best_metric,
+        stopped = loop.run_steps(
+            state, schedule, train_iter=train_iter, ckpts=ckpts, logs=logs,
+            step_fn=popt_step_fn(config, task, parts, tx, mesh),
+            validate=lambda params: evaluate(task, eval_step, params, data.eval_batches("valid"),
+                                             eval_bs, mesh)[0],
+            lr_fn=lambda step: _current_lr(config, step), hint=NON_FINITE_HINT)
+        if stopped:
+            return {"stopped_at": state.step}
+        best, best_params = loop.best_params(ckpts, state)
+        test, extras = evaluate(task, eval_step, best_params, data.eval_batches("test"), eval_bs,
+                                mesh)
+        logging.info("test (best step %s by valid %s): %s", best, BEST_BY[task][0],
                      " ".join(f"{k} {v:.4f}" for k, v in test.items()))
-        logs.write(step, "test", test)
+        logs.write(state.step, "test", test)
         results = {
             "task": task, "best_step": best, "best_valid": ckpts.manager.metrics(best),
-            "test": test, "steps": step, "train_seconds": round(train_seconds, 3),
+            "test": test, "steps": state.step, "train_seconds": round(state.train_seconds, 3),
             "model": dataclasses.asdict(popt_cfg), "workdir": str(workdir.absolute()),
             "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
-        }
-        results.update({k: np.asarray(v).tolist() for k, v in extras.items()})
-        if jax.process_index() == 0:
-            if task == PRETRAIN:
-                best_model = nnx.merge(parts.graphdef, jax.device_get(best_params), parts.rngs,
-                                       parts.consts)
-                _export(best_model, workdir / "popt_best" / "model.safetensors")
-            atomic_json(workdir / "results.json", results)
+            **{k: np.asarray(v).tolist() for k, v in extras.items()}}
+        if task == PRETRAIN and jax.process_index() == 0:
+            _export(nnx.merge(parts.graphdef, jax.device_get(best_params), parts.rngs,
+                              parts.consts), workdir / "popt_best" / "model.safetensors")
+        loop.write_results(workdir, results)
         return results
     finally:
         ckpts.close()
@@ -315,33 +286,6 @@ def _current_lr(config, step: int) -> float:
 # --------------------------------------------------------------------------------------------
 # Jobs
 # --------------------------------------------------------------------------------------------
-
-
-def ensure_features(config, workdir: Path) -> Path:
-    """The feature store: `config.features_dir`, or one extracted under `{workdir}/extract`.
-
-    An empty `features_dir` runs `features.extract_features_job(config.features, ...)` once
-    (on the synthetic Brain Treebank unless `config.features.data.root` is set); a finished
-    extraction (its results.json) is reused. Process 0 extracts, the others wait.
-    """
-    if config.get("features_dir"):
-        store = Path(config.features_dir)
-        if not store.is_dir():
-            raise FileNotFoundError(f"feature store not found: {store}")
-        return store
-    job_dir = Path(workdir) / "extract"
-    store = job_dir / "features"
-    if not (job_dir / "results.json").exists():
-        if jax.process_index() == 0:
-            from popt_jax.ieeg import extract
-
-            logging.info("no feature store given: extracting one into %s", store)
-            extract.extract_features_job(config.features, job_dir)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("popt_jax feature extraction")
-    return store
 
 
 def load_init(path: str | os.PathLike) -> tuple[PopTConfig, nnx.State]:
@@ -387,11 +331,12 @@ class StoreData:
 
     Pretraining: `PretrainSource` (pairs A/B, replacement from R) over the store's subjects;
     fine-tuning: `FinetuneSource` of `config.task` for `config.data.subject`. Splits are
-    made once and saved in the store's `splits.json`. Each process reads every
+    made once and saved in `split_file` (the jobs: `config.data.split_file`, default
+    `{workdir}/splits.json`; the store is only read). Each process reads every
     `process_count`-th example (grain sharding by process index) into its rows of the batch.
     """
 
-    def __init__(self, config, store: Path, task: str):
+    def __init__(self, config, store: Path, task: str, split_file: Path | None = None):
         from popt_jax.ieeg import datasets as ds
 
         self._ds, self.task = ds, task
@@ -405,18 +350,18 @@ class StoreData:
         self.shard = dict(shard_index=jax.process_index(), shard_count=n_proc)
         split = dict(split_mode=str(d.split), val_frac=float(d.val_fraction),
                      test_frac=float(d.test_fraction), time_blocks=int(d.time_blocks))
-        selection = d.get("selection") or None
+        shared = dict(selection=d.get("selection") or None, split_file=split_file)
         if task == PRETRAIN:
             pcfg = ds.PretrainConfig(replace_p=float(d.replace_p), coord_jitter=float(
                 d.coord_jitter), pair_seed=self.seed, example_seed=self.seed, **split)
 
             def make(name):
                 return ds.PretrainSource(store, name, pcfg, subjects=list(d.subjects) or None,
-                                         selection=selection)
+                                         **shared)
         else:
             def make(name):
                 return ds.FinetuneSource(store, str(config.task), str(d.subject), name,
-                                         selection=selection, **split)
+                                         **split, **shared)
         self.sources = {name: make(name) for name in ("train", "val", "test")}
         for name, src in self.sources.items():
             if len(src) < n_proc:
@@ -450,37 +395,29 @@ class StoreData:
             yield {**last, "valid": np.zeros_like(last["valid"])}
 
 
+def split_file(config, workdir: Path) -> Path:
+    """Where the run's splits live: `config.data.split_file`, or `{workdir}/splits.json`."""
+    return Path(config.data.get("split_file") or Path(workdir) / "splits.json")
+
+
 def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
-    """The `pretrain` job: PopT pretraining on the feature store (see module docstring)."""
+    """The `pretrain` job: PopT pretraining on `config.features_dir` (empty: the built-in
+    default inputs, `defaults.prepare_default_inputs`); see the module docstring."""
     mesh_lib.maybe_initialize_distributed(config)
     workdir = Path(workdir)
-    store = ensure_features(config, workdir)
-    data = StoreData(config, store, PRETRAIN)
+    inputs = defaults.prepare_default_inputs(config, workdir)
+    data = StoreData(config, inputs.features_dir, PRETRAIN, split_file(config, workdir))
     return train_and_evaluate(config, workdir, task=PRETRAIN, data=data)
 
 
 def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
-    """The `finetune` job: PopT + linear head on one decoding task, from `init_checkpoint`.
-
-    An empty `config.init_checkpoint` first runs `config.pretrain` in `{workdir}/pretrain`
-    (sharing this run's feature store) and starts from its best checkpoint.
-    """
+    """The `finetune` job: PopT + linear head on one decoding task, from
+    `config.init_checkpoint` (empty: a short pretraining made by
+    `defaults.prepare_default_inputs`) on `config.features_dir` (empty: the default store)."""
     mesh_lib.maybe_initialize_distributed(config)
     workdir = Path(workdir)
-    store = ensure_features(config, workdir)
-    init = config.get("init_checkpoint") or ""
-    if not init:
-        pre_cfg = config.pretrain
-        with pre_cfg.unlocked():
-            pre_cfg.features_dir = str(store)
-            pre_cfg.distributed = False  # already initialised here if wanted
-        init = workdir / "pretrain"
-        if (init / "results.json").exists():
-            logging.info("no init_checkpoint: using the finished pretraining run in %s", init)
-        else:
-            logging.info("no init_checkpoint: pretraining first in %s", init)
-            pretrain_job(pre_cfg, init)
-    popt_cfg, params = load_init(init)
-    data = StoreData(config, store, FINETUNE)
+    inputs = defaults.prepare_default_inputs(config, workdir, pretrained=True)
+    popt_cfg, params = load_init(inputs.init_checkpoint)
+    data = StoreData(config, inputs.features_dir, FINETUNE, split_file(config, workdir))
     return train_and_evaluate(config, workdir, task=FINETUNE, data=data, init_params=params,
                               popt_cfg=popt_cfg)
