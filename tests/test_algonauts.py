@@ -12,14 +12,11 @@ from popt_jax.fmri import algonauts as A
 from popt_jax.fmri import synthetic_algonauts as S
 from popt_jax.ieeg.braintreebank import DataError
 
-SMALL = S.SyntheticAlgonautsConfig(n_train=40, n_test=6, image_size=28, n_vertices=(90, 80))
-
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    path = tmp_path_factory.mktemp("algonauts")
-    S.write_synthetic_algonauts(path, SMALL)
-    return path
+def root(algonauts_root):
+    """The session's synthetic Algonauts tree (conftest: 40 + 6 images, 28 px); read-only."""
+    return algonauts_root
 
 
 @pytest.fixture

@@ -91,10 +91,18 @@ def test_learns_the_planted_dependence(run):
 
 def test_finished_run_resumes_without_training(run):
     workdir, first = run
+
+    def trained():  # the checkpoints and every train/valid metrics line
+        lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return (sorted(p.name for p in (workdir / "checkpoints").iterdir()),
+                [x for x in lines if x["split"] in ("train", "valid")])
+
+    before = trained()
     again = BT.brain_encoder_job(tiny_config(), workdir)
     assert again["best_step"] == first["best_step"]
     assert again["transformer"]["mean_r"] == pytest.approx(first["transformer"]["mean_r"])
-    assert again["train_seconds"] < first["train_seconds"]
+    # Nothing was trained again: no new checkpoint, no new train or valid line.
+    assert trained() == before and len(before[1]) > 0
 
 
 def test_no_dependence_means_no_correlation(tmp_path):

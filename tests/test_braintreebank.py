@@ -32,9 +32,9 @@ FS = 2048.0
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return write_synthetic_braintreebank(tmp_path_factory.mktemp("btb"), n_subjects=2,
-                                         duration_s=60, seed=3)
+def tree(braintreebank_tree) -> Path:
+    """The session's synthetic tree (conftest: 2 subjects, 60 s, seed 3); read-only."""
+    return braintreebank_tree
 
 
 @pytest.fixture

@@ -188,10 +188,20 @@ def test_mismatch_is_a_one_line_data_error(tree, model, store, change, words):
     assert "\n" not in msg and "sub_1_trial000.h5" in msg and words in msg
 
 
+def _snapshot(folder):
+    """(name, bytes, mtime) of every file under ``folder``."""
+    return sorted((str(p.relative_to(folder)), p.read_bytes(), p.stat().st_mtime_ns)
+                  for p in Path(folder).rglob("*") if p.is_file())
+
+
 def test_only_memory_settings_may_differ(tree, model, store):
-    features.extract_features(tree, store, checkpoint_hash="tiny-0", brainbert=model,
-                              selection=_selection(tree), batch_windows=3,
-                              preprocess_cfg=pp.PreprocessConfig(chunk=2))
+    before = _snapshot(store)
+    paths = features.extract_features(tree, store, checkpoint_hash="tiny-0", brainbert=model,
+                                      selection=_selection(tree), batch_windows=3,
+                                      preprocess_cfg=pp.PreprocessConfig(chunk=2))
+    # Accepted as the same extraction: nothing recomputed, the store byte-identical.
+    assert paths == [store / "sub_1_trial000.h5"]
+    assert _snapshot(store) == before
 
 
 def test_random_features_writer(tmp_path):

@@ -15,16 +15,15 @@ from scipy import signal
 
 from popt_jax.ieeg import preprocess as pp
 from popt_jax.ieeg.braintreebank import BrainTreebank, Words, load_selection
-from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 FS = 2048.0
 W = 10240
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return write_synthetic_braintreebank(tmp_path_factory.mktemp("btb"), n_subjects=1,
-                                         duration_s=60, seed=11)
+def tree(braintreebank_tree) -> Path:
+    """The session's synthetic tree (conftest); these tests read sub_1 only."""
+    return braintreebank_tree
 
 
 def _reference_inputs(root: Path):

@@ -9,7 +9,8 @@ Public API (stable names; each is imported on first use, so `import popt_jax.iee
 Modules: `signal` (jitted STFT), `brainbert`, `popt`, `layers` (shared transformer blocks),
 `convert` (published weights), `braintreebank` (reader), `preprocess`, `synthetic`,
 `feature_store` (format) and `extract` (the extraction job), `datasets` (grain pipelines),
-`optim`, `objectives` (losses and steps), `train` (pretraining and fine-tuning jobs).
+`optim`, `objectives` (losses and steps), `train` (pretraining and fine-tuning jobs),
+`defaults` (the one step that makes the built-in default inputs of those jobs).
 """
 
 import importlib

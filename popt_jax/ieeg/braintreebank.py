@@ -126,18 +126,23 @@ def _missing_neighbour_reason(name: str, all_names: Sequence[str]) -> str:
     return f"lacks neighbour(s) {', '.join(absent)}"
 
 
+def _read_json(path: Path, missing: str, what: str):
+    """The JSON at ``path``; a one-line `DataError` (``missing`` or unreadable) otherwise."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, missing) from None
+    except (OSError, ValueError) as err:
+        raise DataError(path, f"cannot read {what} JSON ({err})") from None
+
+
 def load_selection(path: str | os.PathLike) -> dict[str, list[str]]:
     """Read an electrode selection JSON ``{"sub_1": [names], ...}`` (upstream clean_laplacian form).
 
     Names are cleaned like labels; the stored order is kept (the reader re-orders to label order).
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(path, "electrode selection file not found") from None
-    except (OSError, ValueError) as err:
-        raise DataError(path, f"cannot read electrode selection JSON ({err})") from None
+    raw = _read_json(path, "electrode selection file not found", "electrode selection")
     ok = isinstance(raw, dict) and all(isinstance(v, list) for v in raw.values())
     if not ok or not all(isinstance(n, str) for v in raw.values() for n in v):
         raise DataError(path, "expected a JSON object {subject: [electrode names]}")
@@ -375,12 +380,7 @@ class BrainTreebank:
         sid = subject_id(subject)
         if sid not in self._labels:
             path = self.labels_path(sid)
-            try:
-                raw = json.loads(path.read_text())
-            except FileNotFoundError:
-                raise DataError(path, "electrode labels file not found") from None
-            except (OSError, ValueError) as err:
-                raise DataError(path, f"cannot read electrode labels JSON ({err})") from None
+            raw = _read_json(path, "electrode labels file not found", "electrode labels")
             if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
                 raise DataError(path, "expected a JSON list of electrode names")
             names = [clean_electrode_name(n) for n in raw]
@@ -594,12 +594,7 @@ class BrainTreebank:
     def metadata(self, subject: int | str, trial: int | str) -> dict:
         """The trial's metadata JSON."""
         path = self.metadata_path(subject, trial)
-        try:
-            meta = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(path, "trial metadata not found") from None
-        except (OSError, ValueError) as err:
-            raise DataError(path, f"cannot read metadata JSON ({err})") from None
+        meta = _read_json(path, "trial metadata not found", "metadata")
         if not isinstance(meta, dict) or not isinstance(meta.get("filename"), str):
             raise DataError(path, "metadata has no string 'filename' (the movie id)")
         return meta

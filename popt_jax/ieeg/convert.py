@@ -151,18 +151,7 @@ def _popt_config(sd, cfg, source, prefix="") -> PopTConfig:
                   n_layers=_count_layers(sd, f"{prefix}transformer_encoder.layers."),
                   max_len=int(pe[1]), cls_out_dim=int(cls),
                   use_token_cls_head=f"{prefix}token_cls_head.weight" in sd)
-    n_heads = 8
-    if cfg:
-        try:
-            base = PopTConfig.from_upstream(cfg)
-        except ValueError as e:
-            raise ConversionError(f"{source}: {e}") from None
-        n_heads = base.n_heads
-        _check_cfg(base, shapes, source)
-    else:
-        logging.warning("%s: no model_cfg; architecture inferred from shapes, %d heads assumed",
-                        source, n_heads)
-    return PopTConfig(n_heads=n_heads, **shapes)
+    return _with_heads(PopTConfig, cfg, shapes, source, default_heads=8)
 
 
 def _brainbert_config(sd, cfg, source) -> BrainBERTConfig:
@@ -171,15 +160,22 @@ def _brainbert_config(sd, cfg, source) -> BrainBERTConfig:
     ff = _shape(sd, "transformer.layers.0.linear1.weight", source)[0]
     shapes = dict(input_dim=int(w_in[1]), hidden_dim=int(w_in[0]), ff_dim=int(ff),
                   n_layers=_count_layers(sd, "transformer.layers."), max_len=int(pe[1]))
-    n_heads = 12
-    if cfg:
-        base = BrainBERTConfig.from_upstream(cfg)
-        n_heads = base.n_heads
-        _check_cfg(base, shapes, source)
-    else:
+    return _with_heads(BrainBERTConfig, cfg, shapes, source, default_heads=12)
+
+
+def _with_heads(config_cls, cfg, shapes: dict[str, Any], source: str, *, default_heads: int):
+    """`config_cls(**shapes)` with the head count of upstream's model_cfg (checked against the
+    tensor shapes), or `default_heads` (the published model's) when there is none."""
+    if not cfg:
         logging.warning("%s: no model_cfg; architecture inferred from shapes, %d heads assumed",
-                        source, n_heads)
-    return BrainBERTConfig(n_heads=n_heads, **shapes)
+                        source, default_heads)
+        return config_cls(n_heads=default_heads, **shapes)
+    try:
+        base = config_cls.from_upstream(cfg)
+    except ValueError as e:
+        raise ConversionError(f"{source}: {e}") from None
+    _check_cfg(base, shapes, source)
+    return config_cls(n_heads=base.n_heads, **shapes)
 
 
 def _check_cfg(base, shapes: dict[str, Any], source: str) -> None:

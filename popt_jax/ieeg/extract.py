@@ -1,33 +1,12 @@
-"""The BrainBERT feature store: one HDF5 file of window embeddings per subject-trial.
+"""The feature-extraction job: raw sEEG -> front end -> BrainBERT -> the feature store.
 
     python -m popt_jax.main --config configs/extract_features.py --workdir runs/features
 
-PopT never sees raw sEEG: it reads per-electrode BrainBERT embeddings of 5 s windows. Upstream
-writes one ``.npy`` per window (hundreds of thousands of small files, three ``np.load`` per
-pretraining example). Here every subject-trial becomes ONE file, written by
-`extract_features`, read by `popt_jax.data.datasets`::
-
-    {out_dir}/sub_{S}_trial{TTT}.h5
-      attrs   format, subject, trial, fs, n_samples, window_samples, hidden_dim,
-              preprocess_config (JSON of PreprocessConfig), checkpoint_hash,
-              extraction (JSON: tasks, max_windows, dtypes, requested electrodes),
-              popt_jax_version
-      electrode_names   [E] str, the token order (label order of the data layer)
-      coords            [E, 3] float64 (L, I, P) as localized (PopT truncates them)
-      regions           [E] str, Desikan-Killiany
-      pretrain/embeddings  [W, E, D] float32|float16   (5 s windows every 0.2 s)
-      pretrain/starts      [W] int64 first sample of each window
-      windows/embeddings   [N, E, D]  every task window once (word-aligned and non-speech)
-      windows/starts       [N] int64, sorted and unique
-      <task>/index    [n] int64 row of `windows` of each example (task order kept)
-      <task>/labels   [n] int8 (0/1)
-      <task>/starts   [n] int64 (= windows/starts[index])
-      <task>/word_rows [n] int64 transcript row of the centring word, -1 for non-speech
-      <task>/times    [n] float64 what upstream stores beside the label
-
-with ``<task>`` in volume, pitch, sentence_onset, word_onset. Word-aligned and non-speech
-windows are shared by several tasks, so they are embedded and stored once under ``windows/``;
-`task_arrays` returns a task's (embeddings, labels, starts) as if stored per task.
+PopT never sees raw sEEG: it reads per-electrode BrainBERT embeddings of 5 s windows, one HDF5
+file per subject-trial in the format of `popt_jax.ieeg.feature_store` (its docstring lists the
+datasets). Here each trial is preprocessed (`preprocess`), its pretraining windows and every
+task window are embedded once with the jitted `brainbert_embed` in fixed-shape batches, and
+the file is written through `feature_store.write_file`.
 
 Files are written as ``*.h5.tmp`` and renamed when complete, so a crash never leaves a file
 that looks finished. A rerun skips finished files whose preprocessing config, checkpoint hash

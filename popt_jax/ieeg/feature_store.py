@@ -1,12 +1,9 @@
 """The feature-store format: one HDF5 file of window embeddings per subject-trial.
 
-
-    python -m popt_jax.main --config configs/extract_features.py --workdir runs/features
-
 PopT never sees raw sEEG: it reads per-electrode BrainBERT embeddings of 5 s windows. Upstream
 writes one ``.npy`` per window (hundreds of thousands of small files, three ``np.load`` per
 pretraining example). Here every subject-trial becomes ONE file, written by
-`extract_features`, read by `popt_jax.data.datasets`::
+`popt_jax.ieeg.extract`, read by `popt_jax.ieeg.datasets`::
 
     {out_dir}/sub_{S}_trial{TTT}.h5
       attrs   format, subject, trial, fs, n_samples, window_samples, hidden_dim,

@@ -27,6 +27,7 @@ components. The groups and timing constants are written to ``synthetic_truth.jso
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -212,143 +213,166 @@ def write_synthetic_braintreebank(
         raise ValueError("contacts must be (min, max) with 3 <= min <= max")
     if not 1 <= n_shafts <= 200:  # the stem generator has 384 distinct names
         raise ValueError("n_shafts must be in [1, 200]")
-    n_t = int(round(duration_s * fs))
     movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
     truth: dict = {"seed": seed, "plant": plant, "fs": fs, "duration_s": duration_s,
                    "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
                    "burst_offset_s": -0.1, "burst_length_s": 0.4, "subjects": {}}
-
-    movies = []
-    for m in range(trials_per_subject):
-        rng_m = np.random.default_rng([seed, 1_000_003, m])
-        movie = f"synthetic-movie-{m}"
-        words = _transcript(rng_m, movie_s)
-        movies.append((movie, words))
-        header = ["", "text", "start", "end", "pos", "sentence", "sentence_idx",
-                  "idx_in_sentence", "is_onset", "is_offset", "rms", "pitch", "speaker"]
-        rows = [[i, words["text"][i], f"{words['start'][i]:.4f}", f"{words['end'][i]:.4f}",
-                 words["pos"][i], words["sentence"][i], words["sentence_idx"][i],
-                 words["idx_in_sentence"][i], words["is_onset"][i], words["is_offset"][i],
-                 f"{words['rms'][i]:.6g}", f"{words['pitch'][i]:.3f}", words["speaker"][i]]
-                for i in range(len(words["text"]))]
-        _write_csv(root / "transcripts" / movie / "features.csv", header, rows)
-
+    movies = [_write_movie(root, np.random.default_rng([seed, 1_000_003, m]),
+                           f"synthetic-movie-{m}", movie_s) for m in range(trials_per_subject)]
     selection: dict[str, list[str]] = {}
     for s in range(1, n_subjects + 1):
         sid = f"sub_{s}"
-        rng = np.random.default_rng([seed, s])
-        shafts = _shafts(rng, n_shafts, contacts)
-        neural = [f"{sh['stem']}{k + 1}" for sh in shafts for k in range(sh["n"])]
-        shaft_of = np.concatenate([np.full(sh["n"], i) for i, sh in enumerate(shafts)])
-        interior = [f"{sh['stem']}{k + 1}" for sh in shafts for k in range(1, sh["n"] - 1)]
-        # One electrode carries a '*' mark in both files, as some published labels do.
-        starred = interior[int(rng.integers(len(interior)))]
-        labels = list(neural)
-        labels.insert(shafts[0]["n"], "EKG_1")  # non-localized channels, as in the real data
-        labels += ["DC1", "DC2"]
-        raw_labels = [n + "*" if n == starred else n for n in labels]
-        (root / "electrode_labels" / sid).mkdir(parents=True, exist_ok=True)
-        (root / "electrode_labels" / sid / "electrode_labels.json").write_text(
-            json.dumps(raw_labels))
-
-        loc_rows = []
-        for sh in shafts:
-            for k in range(sh["n"]):
-                name = f"{sh['stem']}{k + 1}"
-                region = sh["regions"][k]
-                loc_rows.append([len(loc_rows), name + ("*" if name == starred else ""),
-                                 sh["hemi"], *(f"{v:.2f}" for v in sh["lip"][k]), region,
-                                 region.replace("ctx-", "ctx_").replace("-", "_")])
-        _write_csv(root / "localization" / sid / "depth-wm.csv",
-                   ["ID", "Electrode", "Hemisphere", "L", "I", "P", "DesikanKilliany",
-                    "Destrieux"], loc_rows)
-
-        order = rng.permutation(len(interior))
-        selection[sid] = [interior[i] for i in order]
-        groups = rng.permutation(len(interior))
-        n_g = max(1, len(interior) // 5)
-        group_names = {
-            "speech": sorted(interior[i] for i in groups[:n_g]),
-            "onset": sorted(interior[i] for i in groups[n_g:2 * n_g]),
-            "pitch": sorted(interior[i] for i in groups[2 * n_g:3 * n_g]),
-        }
-        truth["subjects"][sid] = {**group_names, "trials": {}}
-
+        rng = np.random.default_rng([seed, s])  # the subject's draws, in this order:
+        subject = _write_subject(root, rng, sid, n_shafts, contacts)
+        selection[sid] = subject.selection
+        truth["subjects"][sid] = {**subject.groups, "trials": {}}
         for t in range(trials_per_subject):
             tid = f"trial{t:03d}"
-            movie, words = movies[t]
-            lead = rng.uniform(4.0, 7.0)
-            drift = rng.uniform(-2e-4, 2e-4)
-            trig_t = np.arange(0.0, movie_s, _TRIGGER_EVERY_S)
-            trig_t = np.round(trig_t + rng.uniform(0, 0.01, len(trig_t)), 4)
-            trig_idx = np.round(_to_sample(trig_t, lead, drift, fs)).astype(np.int64)
-            _write_csv(root / "subject_timings" / f"{sid}_{tid}_timings.csv",
-                       ["movie_time", "index"],
-                       [[f"{a:.4f}", int(b)] for a, b in zip(trig_t, trig_idx, strict=True)])
-            meta = {"title": movie.replace("-", " ").title(), "filename": movie,
-                    "subject": sid, "trial": tid, "sampling_rate": fs, "synthetic": True}
-            (root / "subject_metadata").mkdir(parents=True, exist_ok=True)
-            (root / "subject_metadata" / f"{sid}_{tid}_metadata.json").write_text(
-                json.dumps(meta, indent=1))
-
-            # Background: per-shaft shared 1/f plus per-contact 1/f, then line noise.
-            n_e = len(neural)
-            x = 30.0 * (0.8 * _colored_noise(rng, n_e, n_t, fs)
-                        + 0.6 * _colored_noise(rng, len(shafts), n_t, fs)[shaft_of])
-            time = np.arange(n_t) / fs
-            gains = rng.uniform(0.8, 1.2, (n_e, 1))
-            line = sum(amp * np.sin(2 * np.pi * f0 * time + rng.uniform(0, 2 * np.pi))
-                       for f0, amp in _LINE.items())
-            x += gains.astype(np.float32) * line.astype(np.float32)
-            del time, line
-
-            on = np.asarray(words["start"])
-            is_on = np.asarray(words["is_onset"], dtype=bool)
-            rms = np.asarray(words["rms"])
-            pitch = np.asarray(words["pitch"])
-            on_rec = _to_sample(on, lead, drift, fs) / fs  # word onsets, recording seconds
-            env_speech = np.zeros(n_t)
-            _add_bursts(env_speech, on_rec, 30.0 * rms / rms.mean() * (1 + 0.8 * is_on), fs,
-                        -0.1, 0.4)
-            env_onset = np.zeros(n_t)
-            _add_bursts(env_onset, on_rec[is_on], np.full(is_on.sum(), 30.0), fs, -0.05, 0.5)
-            env_pitch = np.zeros(n_t)
-            p01 = (pitch - pitch.min()) / max(np.ptp(pitch), 1e-9)
-            _add_bursts(env_pitch, on_rec, 30.0 * p01, fs, -0.1, 0.3)
-            index = {n: i for i, n in enumerate(neural)}
-            for key, env, band in (("speech", env_speech, SPEECH_BAND),
-                                   ("onset", env_onset, SPEECH_BAND),
-                                   ("pitch", env_pitch, PITCH_BAND)):
-                rows_g = [index[n] for n in group_names[key]]
-                carrier = _colored_noise(rng, len(rows_g), n_t, fs, band)  # drawn either way
-                if plant:
-                    x[rows_g] += carrier * env[None, :].astype(np.float32)
-
-            aux = {"EKG_1": 200.0 * (np.sin(2 * np.pi * 1.1 * np.arange(n_t) / fs) > 0.995),
-                   "DC1": np.zeros(n_t), "DC2": np.full(n_t, 1.0)}
-            for i in trig_idx:  # trigger pulses of 20 samples
-                aux["DC1"][i:i + 20] = 1.0
-                aux["DC2"][i:i + 20] = 0.0
-            path = root / "all_subject_data" / f"{sid}_{tid}.h5"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with h5py.File(path, "w") as f:
-                g = f.create_group("data")
-                for i, name in enumerate(labels):
-                    if name in aux:  # mostly constant: compresses to almost nothing
-                        g.create_dataset(f"electrode_{i}", data=aux[name].astype(np.float32),
-                                         compression="gzip", track_times=False)
-                    else:
-                        g.create_dataset(f"electrode_{i}", data=x[index[name]],
-                                         track_times=False)
-            truth["subjects"][sid]["trials"][tid] = {
-                "movie": movie, "lead_s": lead, "drift": drift, "n_samples": n_t}
-
-    (root / "electrode_selections").mkdir(parents=True, exist_ok=True)
-    (root / "electrode_selections" / "clean_laplacian.json").write_text(json.dumps(selection))
-    (root / "trial_selections").mkdir(parents=True, exist_ok=True)
-    (root / "trial_selections" / "all_trials.json").write_text(json.dumps(
-        {f"sub_{s}": [f"trial{t:03d}" for t in range(trials_per_subject)]
-         for s in range(1, n_subjects + 1)}))
+            truth["subjects"][sid]["trials"][tid] = _write_trial(
+                root, rng, subject, sid, tid, movies[t], int(round(duration_s * fs)), movie_s,
+                fs, plant)
+    _write_json(root / "electrode_selections" / "clean_laplacian.json", selection)
+    _write_json(root / "trial_selections" / "all_trials.json",
+                {f"sub_{s}": [f"trial{t:03d}" for t in range(trials_per_subject)]
+                 for s in range(1, n_subjects + 1)})
     (root / "synthetic_truth.json").write_text(json.dumps(truth, indent=1, default=float))
     return root
 
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _write_movie(root: Path, rng: np.random.Generator, movie: str, movie_s: float
+                 ) -> tuple[str, dict]:
+    """A movie's transcript (`transcripts/<movie>/features.csv`); returns (movie, words)."""
+    words = _transcript(rng, movie_s)
+    header = ["", "text", "start", "end", "pos", "sentence", "sentence_idx",
+              "idx_in_sentence", "is_onset", "is_offset", "rms", "pitch", "speaker"]
+    rows = [[i, words["text"][i], f"{words['start'][i]:.4f}", f"{words['end'][i]:.4f}",
+             words["pos"][i], words["sentence"][i], words["sentence_idx"][i],
+             words["idx_in_sentence"][i], words["is_onset"][i], words["is_offset"][i],
+             f"{words['rms'][i]:.6g}", f"{words['pitch'][i]:.3f}", words["speaker"][i]]
+            for i in range(len(words["text"]))]
+    _write_csv(root / "transcripts" / movie / "features.csv", header, rows)
+    return movie, words
+
+
+@dataclasses.dataclass
+class _Subject:
+    """A synthetic subject's electrodes (what its trials need)."""
+
+    shafts: list[dict]
+    neural: list[str]  # localized contacts, shaft by shaft
+    labels: list[str]  # every channel in file order (neural + EKG + trigger channels)
+    selection: list[str]  # the clean_laplacian selection (interior contacts, shuffled)
+    groups: dict[str, list[str]]  # contacts carrying the speech / onset / pitch components
+
+
+def _write_subject(root: Path, rng: np.random.Generator, sid: str, n_shafts: int,
+                   contacts: tuple[int, int]) -> _Subject:
+    """Shafts, electrode labels and localization of one subject; draws the selection and the
+    planted groups."""
+    shafts = _shafts(rng, n_shafts, contacts)
+    neural = [f"{sh['stem']}{k + 1}" for sh in shafts for k in range(sh["n"])]
+    interior = [f"{sh['stem']}{k + 1}" for sh in shafts for k in range(1, sh["n"] - 1)]
+    # One electrode carries a '*' mark in both files, as some published labels do.
+    starred = interior[int(rng.integers(len(interior)))]
+    labels = list(neural)
+    labels.insert(shafts[0]["n"], "EKG_1")  # non-localized channels, as in the real data
+    labels += ["DC1", "DC2"]
+    _write_json(root / "electrode_labels" / sid / "electrode_labels.json",
+                [n + "*" if n == starred else n for n in labels])
+    loc_rows = []
+    for sh in shafts:
+        for k in range(sh["n"]):
+            name = f"{sh['stem']}{k + 1}"
+            region = sh["regions"][k]
+            loc_rows.append([len(loc_rows), name + ("*" if name == starred else ""),
+                             sh["hemi"], *(f"{v:.2f}" for v in sh["lip"][k]), region,
+                             region.replace("ctx-", "ctx_").replace("-", "_")])
+    _write_csv(root / "localization" / sid / "depth-wm.csv",
+               ["ID", "Electrode", "Hemisphere", "L", "I", "P", "DesikanKilliany",
+                "Destrieux"], loc_rows)
+    order = rng.permutation(len(interior))
+    groups = rng.permutation(len(interior))
+    n_g = max(1, len(interior) // 5)
+    return _Subject(shafts, neural, labels, [interior[i] for i in order], {
+        "speech": sorted(interior[i] for i in groups[:n_g]),
+        "onset": sorted(interior[i] for i in groups[n_g:2 * n_g]),
+        "pitch": sorted(interior[i] for i in groups[2 * n_g:3 * n_g]),
+    })
+
+
+def _write_trial(root: Path, rng: np.random.Generator, subject: _Subject, sid: str, tid: str,
+                 movie_words: tuple[str, dict], n_t: int, movie_s: float, fs: float,
+                 plant: bool) -> dict:
+    """Triggers, metadata and the recording of one trial; returns its truth entry."""
+    movie, words = movie_words
+    lead = rng.uniform(4.0, 7.0)
+    drift = rng.uniform(-2e-4, 2e-4)
+    trig_t = np.arange(0.0, movie_s, _TRIGGER_EVERY_S)
+    trig_t = np.round(trig_t + rng.uniform(0, 0.01, len(trig_t)), 4)
+    trig_idx = np.round(_to_sample(trig_t, lead, drift, fs)).astype(np.int64)
+    _write_csv(root / "subject_timings" / f"{sid}_{tid}_timings.csv", ["movie_time", "index"],
+               [[f"{a:.4f}", int(b)] for a, b in zip(trig_t, trig_idx, strict=True)])
+    meta = {"title": movie.replace("-", " ").title(), "filename": movie,
+            "subject": sid, "trial": tid, "sampling_rate": fs, "synthetic": True}
+    (root / "subject_metadata").mkdir(parents=True, exist_ok=True)
+    (root / "subject_metadata" / f"{sid}_{tid}_metadata.json").write_text(
+        json.dumps(meta, indent=1))
+    x = _background(rng, subject, n_t, fs)
+    index = {n: i for i, n in enumerate(subject.neural)}
+    envelopes = _envelopes(words, _to_sample(np.asarray(words["start"]), lead, drift, fs) / fs,
+                           n_t, fs)
+    for key, band in (("speech", SPEECH_BAND), ("onset", SPEECH_BAND), ("pitch", PITCH_BAND)):
+        rows_g = [index[n] for n in subject.groups[key]]
+        carrier = _colored_noise(rng, len(rows_g), n_t, fs, band)  # drawn either way
+        if plant:
+            x[rows_g] += carrier * envelopes[key][None, :].astype(np.float32)
+    aux = {"EKG_1": 200.0 * (np.sin(2 * np.pi * 1.1 * np.arange(n_t) / fs) > 0.995),
+           "DC1": np.zeros(n_t), "DC2": np.full(n_t, 1.0)}
+    for i in trig_idx:  # trigger pulses of 20 samples
+        aux["DC1"][i:i + 20] = 1.0
+        aux["DC2"][i:i + 20] = 0.0
+    path = root / "all_subject_data" / f"{sid}_{tid}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        g = f.create_group("data")
+        for i, name in enumerate(subject.labels):
+            if name in aux:  # mostly constant: compresses to almost nothing
+                g.create_dataset(f"electrode_{i}", data=aux[name].astype(np.float32),
+                                 compression="gzip", track_times=False)
+            else:
+                g.create_dataset(f"electrode_{i}", data=x[index[name]], track_times=False)
+    return {"movie": movie, "lead_s": lead, "drift": drift, "n_samples": n_t}
+
+
+def _background(rng: np.random.Generator, subject: _Subject, n_t: int, fs: float) -> np.ndarray:
+    """Per-shaft shared 1/f plus per-contact 1/f, then line noise: float32 [E, n_t]."""
+    shaft_of = np.concatenate([np.full(sh["n"], i) for i, sh in enumerate(subject.shafts)])
+    n_e = len(subject.neural)
+    x = 30.0 * (0.8 * _colored_noise(rng, n_e, n_t, fs)
+                + 0.6 * _colored_noise(rng, len(subject.shafts), n_t, fs)[shaft_of])
+    time = np.arange(n_t) / fs
+    gains = rng.uniform(0.8, 1.2, (n_e, 1))
+    line = sum(amp * np.sin(2 * np.pi * f0 * time + rng.uniform(0, 2 * np.pi))
+               for f0, amp in _LINE.items())
+    x += gains.astype(np.float32) * line.astype(np.float32)
+    return x
+
+
+def _envelopes(words: dict, on_rec: np.ndarray, n_t: int, fs: float) -> dict[str, np.ndarray]:
+    """The speech, onset and pitch amplitude envelopes [n_t] (word onsets `on_rec` in
+    recording seconds)."""
+    is_on = np.asarray(words["is_onset"], dtype=bool)
+    rms = np.asarray(words["rms"])
+    pitch = np.asarray(words["pitch"])
+    env = {key: np.zeros(n_t) for key in ("speech", "onset", "pitch")}
+    _add_bursts(env["speech"], on_rec, 30.0 * rms / rms.mean() * (1 + 0.8 * is_on), fs,
+                -0.1, 0.4)
+    _add_bursts(env["onset"], on_rec[is_on], np.full(is_on.sum(), 30.0), fs, -0.05, 0.5)
+    p01 = (pitch - pitch.min()) / max(np.ptp(pitch), 1e-9)
+    _add_bursts(env["pitch"], on_rec, 30.0 * p01, fs, -0.1, 0.3)
+    return env
