@@ -210,3 +210,16 @@ def test_neuroprobes_own_format_test(run, tmp_path):
                           str(tmp_path / "tests")], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_benchmark_tiny_mode_runs(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_np", ROOT / "scripts" /
+                                                  "benchmark_neuroprobe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--tiny"])
+    text = capsys.readouterr().out
+    assert all(v > 0 for v in out.values()) and "ratio vs reference" in text
+    assert "Neuroprobe Lite" in text
