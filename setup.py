@@ -32,7 +32,10 @@ setup(
     install_requires=REQUIRED,
     extras_require={
         # torch is only needed for the parity tests and the optional PyTorch export check.
-        "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff"],
+        "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff", "neuroprobe",
+                 "scikit-learn", "pandas"],
+        # Neuroprobe's own splits and labels (the package imports torch, pandas, sklearn).
+        "neuroprobe": ["neuroprobe", "torch", "scikit-learn", "pandas"],
         "gpu": ["jax[cuda12]"],
     },
 )

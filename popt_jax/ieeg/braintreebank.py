@@ -337,7 +337,10 @@ class BrainTreebank:
 
     # ---- paths
     def h5_path(self, subject: int | str, trial: int | str) -> Path:
-        return self.root / "all_subject_data" / f"{subject_id(subject)}_{trial_id(trial)}.h5"
+        name = f"{subject_id(subject)}_{trial_id(trial)}.h5"
+        path = self.root / "all_subject_data" / name
+        flat = self.root / name  # Neuroprobe's download script puts the files at the root
+        return flat if not path.exists() and flat.exists() else path
 
     def labels_path(self, subject: int | str) -> Path:
         return self.root / "electrode_labels" / subject_id(subject) / "electrode_labels.json"
