@@ -32,7 +32,13 @@ setup(
     install_requires=REQUIRED,
     extras_require={
         # torch is only needed for the parity tests and the optional PyTorch export check.
-        "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff"],
+        # The reader tests write BIDS-iEEG (EDF, BrainVision) and NWB files with these.
+        "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff", "mne", "mne-bids",
+                 "edfio", "pybv", "pynwb"],
         "gpu": ["jax[cuda12]"],
+        # Your own recordings: BIDS-iEEG through mne-bids (EDF via edfio, BrainVision via
+        # pybv), NWB through pynwb.
+        "bids": ["mne", "mne-bids", "edfio", "pybv"],
+        "nwb": ["pynwb"],
     },
 )

@@ -33,6 +33,7 @@ models were trained on, in this order:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
@@ -116,6 +117,8 @@ class Plan:
         mm: RAS millimetres [n, 3] per token (None when the frame is index space already).
         index: int64 [n, 3] PopT table rows per token.
         mapping: the coordinate mapping JSON stored with features.
+        positions: float64 [n, 3] real-valued index-space positions (before rounding), what
+            the continuous position code reads.
     """
 
     names: list[str]
@@ -124,6 +127,7 @@ class Plan:
     mm: np.ndarray | None
     index: np.ndarray
     mapping: str
+    positions: np.ndarray | None = None
 
 
 def _usable(rec: Recording, cfg: FrontEndConfig) -> list[str]:
@@ -192,7 +196,9 @@ def plan_channels(rec: Recording, cfg: FrontEndConfig, mapping_cfg=None,
     points = ([rec.coords[n] for n in tokens] if cfg.rereference != "bipolar"
               else [(rec.coords[a] + rec.coords[b]) / 2 for a, b in pairs])
     mm, index, mapping = electrode_index(rec, tokens, np.asarray(points), mapping_cfg)
-    return Plan(tokens, pairs, read_list, mm, index, mapping)
+    positions = (np.asarray(points, np.float64) if mm is None
+                 else np.asarray(json.loads(mapping)["positions"], np.float64))
+    return Plan(tokens, pairs, read_list, mm, index, mapping, positions)
 
 
 def electrode_index(rec: Recording, names: Sequence[str], points: np.ndarray, mapping_cfg=None
@@ -200,8 +206,6 @@ def electrode_index(rec: Recording, names: Sequence[str], points: np.ndarray, ma
     """(millimetres or None, int64 table rows, mapping JSON) of ``points`` in ``rec``'s frame."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     if rec.coord_frame == BRAINTREEBANK_FRAME and rec.coord_units == "index":
-        import json
-
         return None, np.trunc(points).astype(np.int64), json.dumps(
             {"frame": BRAINTREEBANK_FRAME, "formula": "index = trunc(L, I, P)"})
     path = rec.coord_path or rec.path
@@ -210,7 +214,8 @@ def electrode_index(rec: Recording, names: Sequence[str], points: np.ndarray, ma
     mapping = CoordMapping.from_config(frame, mapping_cfg)
     index = mapping.index(mm, list(names), path)
     return mm, index, mapping.to_json({"units_in": rec.coord_units,
-                                       "positions": mapping.positions(mm).round(4).tolist()})
+                                       "positions": mapping.positions(mm).tolist(),
+                                       "mm": mm.tolist()})
 
 
 def _notched(rec: Recording, cfg: FrontEndConfig) -> pp.PreprocessConfig:

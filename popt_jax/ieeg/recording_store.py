@@ -71,7 +71,9 @@ def frontend_config_from(config) -> frontend.FrontEndConfig:
 
     fe = dict(config.get("frontend") or {})
     fe.pop("coords", None)
-    return frontend.FrontEndConfig(preprocess=preprocess_config_from(config.preprocess), **fe)
+    pre = dict(config.preprocess)
+    pre["rereference"] = fe.get("rereference", "laplacian")  # so stored settings tell it
+    return frontend.FrontEndConfig(preprocess=preprocess_config_from(pre), **fe)
 
 
 def check_length(rec: Recording, cfg: frontend.FrontEndConfig) -> int:

@@ -67,7 +67,7 @@ class MneRecording(Recording):
             return None
         # With a measurement date, annotation onsets count from it, not from the first sample.
         shift = self.raw.first_time if ann.orig_time is not None else 0.0
-        desc = np.asarray(ann.description, dtype=str)
+        desc = np.asarray([str(d) for d in ann.description], dtype=str)
         return Events(onset=np.asarray(ann.onset, np.float64) - shift,
                       duration=np.asarray(ann.duration, np.float64),
                       columns={"trial_type": desc, "description": desc}, path=self.path)

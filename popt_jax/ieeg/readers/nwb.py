@@ -46,6 +46,10 @@ class NwbRecording(Recording):
             raise DataError(path, f"cannot read NWB file ({type(err).__name__}: {err})") \
                 from None
         self._nwb = nwb
+        table = nwb.electrodes
+        if table is None or len(table) == 0:
+            raise DataError(path, "no electrodes table: NWB input needs one (channel names "
+                            "and x, y, z coordinates)")
         found = {k: v for k, v in nwb.acquisition.items()
                  if isinstance(v, pynwb.ecephys.ElectricalSeries)}
         if series is not None:
@@ -58,10 +62,8 @@ class NwbRecording(Recording):
         else:
             raise DataError(path, f"{len(found)} ElectricalSeries in acquisition "
                             f"({', '.join(found) or 'none'}); name one with series=")
-        table = nwb.electrodes
-        if table is None or len(table) == 0 or es.electrodes is None:
-            raise DataError(path, "no electrodes table: NWB input needs one (channel names "
-                            "and x, y, z coordinates)")
+        if es.electrodes is None:
+            raise DataError(path, f"series {es.name} references no electrodes")
         self._es = es
         rows = list(es.electrodes.data[:])
         cols = set(table.colnames)
