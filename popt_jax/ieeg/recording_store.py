@@ -145,8 +145,10 @@ def extract_recording(rec: Recording, path: Path, model: brainbert.BrainBERT, *,
     pre = pp.pretraining_window_starts(n, p)[:max_windows] if "pretrain" in tasks else None
     examples = _tasks(rec, n, p, tasks, event_task)
     tables = {}
+    from popt_jax.ieeg.extract import _cap_task  # the Brain Treebank path's capping
+
     for t, ex in examples.items():
-        keep = np.arange(len(ex))[:max_windows]
+        keep = _cap_task(ex, max_windows, p.seed)
         tables[t] = {"labels": ex.labels[keep].astype(np.int8),
                      "starts": ex.starts[keep].astype(np.int64),
                      "word_rows": ex.word_rows[keep].astype(np.int64),
