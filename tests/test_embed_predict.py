@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 from flax import nnx
+from recording_fixtures import bids_from_braintreebank
 
 from popt_jax.errors import DataError
 from popt_jax.ieeg import brainbert, feature_store
@@ -27,8 +28,6 @@ from popt_jax.ieeg import frontend as fe
 from popt_jax.ieeg.popt import PopTClassifier, PopTConfig
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 from popt_jax.main import run_job
-
-from recording_fixtures import bids_from_braintreebank
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,18 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recording_fixtures import _raw, bids_from_braintreebank, nwb_from_braintreebank
 
 from popt_jax.errors import DataError
 from popt_jax.ieeg import frontend as fe
 from popt_jax.ieeg import preprocess as pp
 from popt_jax.ieeg.braintreebank import BrainTreebank
+from popt_jax.ieeg.readers import MneRecording
 from popt_jax.ieeg.readers import bids as bids_reader
-from popt_jax.ieeg.readers.mne_raw import MneRecording
 from popt_jax.ieeg.readers.nwb import NwbRecording
 from popt_jax.ieeg.recording import ArrayRecording, BrainTreebankRecording
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
-
-from recording_fixtures import _raw, bids_from_braintreebank, nwb_from_braintreebank
 
 TASKS = ("volume", "pitch", "sentence_onset", "word_onset")
 
@@ -273,3 +272,22 @@ def test_recording_shorter_than_one_window(data):
     with pytest.raises(DataError, match=r"^/x/short.edf: recording is 4.00 s long, shorter "
                        r"than one 5 s window"):
         check_length(rec, fe.FrontEndConfig())
+
+
+def test_missing_optional_package_is_one_line(monkeypatch):
+    import importlib
+
+    from popt_jax.errors import UserError
+    from popt_jax.ieeg.readers import require
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == "mne_bids":
+            raise ImportError("No module named 'mne_bids'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    with pytest.raises(UserError, match=r"^reading this format needs the 'mne_bids' package: "
+                       r"pip install 'popt_jax\[bids\]'$"):
+        require("mne_bids", "bids")

@@ -76,6 +76,13 @@ def _coords_for(model_cfg: PopTConfig, plan: frontend.Plan, batch: int) -> np.nd
     return np.broadcast_to(np.asarray(c, np.float32), (batch, *c.shape)).copy()
 
 
+def _padded(x: np.ndarray, size: int) -> jnp.ndarray:
+    """``x`` padded to ``size`` rows by repeating the last: one compiled shape per job."""
+    if len(x) < size:
+        x = np.concatenate([x, np.repeat(x[-1:], size - len(x), 0)])
+    return jnp.asarray(x)
+
+
 def _stream(rec, cfg, config, plan, label):
     """(starts, windows) blocks of one recording, plus a `Rate` to update."""
     p = cfg.preprocess
@@ -154,8 +161,9 @@ def embed_recording(rec, out: Path, bb, popt: PopT, cfg, config, *, hashes=("", 
             row = 0
             for st, win in blocks:
                 emb = _brainbert_batches(bb, win, int(config.batch_windows), dtype)
-                hid = np.asarray(_popt_hidden(graphdef, state, jnp.asarray(emb),
-                                              _coords_for(popt.config, plan, len(emb))))
+                size = int(config.block_windows)
+                hid = np.asarray(_popt_hidden(graphdef, state, _padded(emb, size),
+                                              _coords_for(popt.config, plan, size)))[:len(st)]
                 sink_b[row:row + len(st)] = emb
                 sink_c[row:row + len(st)] = hid[:, 0]
                 if sink_t is not None:
@@ -203,8 +211,9 @@ def load_classifier(path: str | os.PathLike) -> tuple[PopTClassifier, str]:
     ROC-AUC, else the latest) or a converted/upstream checkpoint of a fine-tuned model."""
     import orbax.checkpoint as ocp
 
-    from popt_jax.core.checkpoints import read_meta
+    from popt_jax.core.checkpoints import quiet_orbax_logs, read_meta
 
+    quiet_orbax_logs()
     path = Path(path)
     if (path / "checkpoints").is_dir():
         manager = ocp.CheckpointManager((path / "checkpoints").absolute(),
@@ -213,9 +222,10 @@ def load_classifier(path: str | os.PathLike) -> tuple[PopTClassifier, str]:
             steps = manager.all_steps()
             if not steps:
                 raise UserError(f"{path}: a workdir without checkpoints")
-            scored = [(float((manager.metrics(s) or {}).get("roc_auc", -np.inf)), s)
+            # Best validation ROC-AUC, ties to the earliest step (as the trainer picks).
+            scored = [(float((manager.metrics(s) or {}).get("roc_auc", -np.inf)), -s)
                       for s in steps]
-            step = max(scored)[1] if np.isfinite(max(scored)[0]) else max(steps)
+            step = -max(scored)[1] if np.isfinite(max(scored)[0]) else max(steps)
             meta = read_meta(path / "checkpoints" / str(step)) or {}
             if meta.get("task") != "finetune":
                 raise UserError(f"{path}: not a fine-tuning workdir (checkpoint task "
@@ -274,8 +284,10 @@ def predict_recording(rec, out_dir: Path, bb, clf: PopTClassifier, cfg, config,
     row = 0
     for st, win in blocks:
         emb = _brainbert_batches(bb, win, int(config.batch_windows), dtype)
+        size = int(config.block_windows)
         probs[row:row + len(st)] = np.asarray(_classify(
-            graphdef, state, jnp.asarray(emb), _coords_for(clf.upstream.config, plan, len(emb))))
+            graphdef, state, _padded(emb, size),
+            _coords_for(clf.upstream.config, plan, size)))[:len(st)]
         row += len(st)
         rate.update(len(st))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from popt_jax.errors import DataError
-from popt_jax.ieeg.readers import require
-from popt_jax.ieeg.readers.mne_raw import MneRecording
+from popt_jax.ieeg.readers import MneRecording, require
 from popt_jax.ieeg.recording import Events
 
 __all__ = ["bids_recordings", "BidsRecording", "read_tsv"]
