@@ -291,3 +291,51 @@ def test_missing_optional_package_is_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"^reading this format needs the 'mne_bids' package: "
                        r"pip install 'popt_jax\[bids\]'$"):
         require("mne_bids", "bids")
+
+
+class _CountingRecording(ArrayRecording):
+    """Remembers the longest read, to check that streaming reads bounded blocks."""
+
+    longest = 0
+
+    def _read(self, rows, start, stop):
+        self.longest = max(self.longest, stop - start)
+        return super()._read(rows, start, stop)
+
+
+def test_streaming_reads_bounded_blocks_at_another_rate():
+    fs, seconds = 512.0, 240.0
+    rng = np.random.default_rng(1)
+    names = ["LA1", "LA2", "LA3", "LA4"]
+    rec = _CountingRecording(rng.standard_normal((4, int(fs * seconds))), fs, names,
+                             line_freq=50.0, coords={n: [i, 0.0, 0.0] for i, n in
+                                                     enumerate(names)},
+                             coord_frame="MNI152NLin2009cAsym", coord_units="mm")
+    cfg = fe.FrontEndConfig(margin_s=2.0)
+    plan = fe.plan_channels(rec, cfg)
+    assert plan.names == ["LA2", "LA3"]
+    n = fe.model_samples(rec, 2048.0)
+    assert n == int(seconds * 2048)
+    w = cfg.preprocess.window_samples
+    starts = np.arange(0, n - w + 1, 2048 * 10)
+    blocks = list(fe.iter_blocks(rec, plan, cfg, starts, w, 2))
+    assert sum(len(s) for s, _ in blocks) == len(starts)
+    # Two windows 10 s apart (15 s of signal) + 2 s warm-up + resampler context, at 512 Hz:
+    # far less than the 240 s recording.
+    assert rec.longest <= (15.0 + 2.0 + 2.0) * fs + 16
+    whole = fe.preprocess_recording(rec, plan, cfg).data
+    got = np.concatenate([b for _, b in blocks])
+    want = np.stack([whole[:, s:s + w] for s in starts]).astype(np.float32)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_plan_positions_are_unrounded_mapping():
+    rec = ArrayRecording(np.zeros((3, 12000)), 2048.0, ["LA1", "LA2", "LA3"],
+                         coords={"LA1": [0.0101, 0, 0], "LA2": [0.0204, 0, 0],
+                                 "LA3": [0.0307, 0.0, 0.0]},
+                         coord_frame="MNI152NLin2009cAsym", coord_units="m", line_freq=60.0)
+    plan = fe.plan_channels(rec, fe.FrontEndConfig(rereference="none"))
+    np.testing.assert_allclose(plan.positions[:, 0], [117.9, 107.6, 97.3])
+    np.testing.assert_array_equal(plan.index[:, 0], [118, 108, 97])
+    np.testing.assert_allclose(plan.mm[:, 0], [10.1, 20.4, 30.7])
+    assert json.loads(plan.mapping)["units_in"] == "m"

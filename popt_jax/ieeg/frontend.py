@@ -230,17 +230,22 @@ def _notched(rec: Recording, cfg: FrontEndConfig) -> pp.PreprocessConfig:
     return dataclasses.replace(p, notch_freqs=freqs)
 
 
-def _read_model_rate(rec: Recording, names: list[str], start: int, stop: int, fs_model: float,
-                     margin: int) -> np.ndarray:
-    """[len(names), stop - start] at the model rate; the resampler sees ``margin`` extra
-    model samples of context on each side (where the recording has them)."""
+def _read_model_rate(rec: Recording, names: list[str], start: int, stop: int,
+                     fs_model: float) -> np.ndarray:
+    """[len(names), stop - start] at the model rate.
+
+    Only the source samples the resampler needs are read: the block plus the half length
+    of `resample_poly`'s FIR (10 * max(up, down) taps at the upsampled rate) on each side,
+    so a block equals the same samples of the whole recording resampled at once.
+    """
     if rec.fs == fs_model:
         return rec.read(names, start, stop)
     up, down = resample_ratio(rec.fs, fs_model)
+    pad = 10 * max(up, down) // up + down + 2  # source samples of filter context per side
     # Output sample j of a block read from source sample a lies at model sample a * up / down
     # + j: start blocks on multiples of `down` so that offset is an integer.
-    a = max(0, ((start - margin) * down // up) // down * down)
-    b = min(rec.n_samples, -(-(stop + margin) * down // up) + down)
+    a = max(0, (start * down // up - pad) // down * down)
+    b = min(rec.n_samples, -(-stop * down // up) + pad)
     x = rec.read(names, a, b)
     y = signal.resample_poly(x, up, down, axis=-1)
     off = a * up // down
@@ -274,8 +279,7 @@ def preprocess_recording(rec: Recording, plan: Plan, cfg: FrontEndConfig, *,
     a = 0 if start is None else int(start)
     b = total if stop is None else int(stop)
     a0 = max(0, a - int(context))
-    m = int(round(cfg.margin_s * p.fs))
-    raw = _read_model_rate(rec, plan.read, a0, b, p.fs, m)
+    raw = _read_model_rate(rec, plan.read, a0, b, p.fs)
     row = {n: i for i, n in enumerate(plan.read)}
     step = max(1, p.chunk)
     if cfg.rereference == "bipolar":
