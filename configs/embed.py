@@ -39,7 +39,9 @@ def recording_sections(config: config_dict.ConfigDict) -> None:
     config.preprocess.separation_s = 0.2  # pretraining window hop (s), extract_recordings
     config.preprocess.delta_s = -2.5  # event window start relative to the onset (s)
     config.preprocess.on_missing_neighbours = "skip"  # Laplacian: drop shaft ends
-    config.preprocess.neighbour_filtering = "time"  # neighbours filtered like the contact
+    # "upstream": the Laplacian the published weights were trained with (see preprocess.py);
+    # "time": neighbours filtered like the contact (the documented intent).
+    config.preprocess.neighbour_filtering = "upstream"
     config.preprocess.zscore = False  # whole-recording z-score (not when streaming)
 
     config.frontend = config_dict.ConfigDict()

@@ -339,3 +339,14 @@ def test_plan_positions_are_unrounded_mapping():
     np.testing.assert_array_equal(plan.index[:, 0], [118, 108, 97])
     np.testing.assert_allclose(plan.mm[:, 0], [10.1, 20.4, 30.7])
     assert json.loads(plan.mapping)["units_in"] == "m"
+
+
+def test_rate_too_low_for_brainbert_is_refused():
+    rec = ArrayRecording(np.zeros((3, 250 * 20)), 250.0, ["LA1", "LA2", "LA3"],
+                         coords={n: [0.0, 0, 0] for n in ("LA1", "LA2", "LA3")},
+                         coord_frame="MNI305", coord_units="mm", line_freq=50.0,
+                         path="/x/slow.edf")
+    cfg = fe.FrontEndConfig()
+    plan = fe.plan_channels(rec, cfg)
+    with pytest.raises(DataError, match=r"^/x/slow.edf: sampling rate 250 Hz is below 410 Hz"):
+        fe.preprocess_recording(rec, plan, cfg)
