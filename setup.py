@@ -33,9 +33,13 @@ setup(
     extras_require={
         # torch is only needed for the parity tests and the optional PyTorch export check.
         "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff", "neuroprobe",
-                 "scikit-learn", "pandas"],
+                 "scikit-learn", "pandas", "mne", "mne-bids", "edfio", "pybv", "pynwb"],
         # Neuroprobe's own splits and labels (the package imports torch, pandas, sklearn).
         "neuroprobe": ["neuroprobe", "torch", "scikit-learn", "pandas"],
         "gpu": ["jax[cuda12]"],
+        # Your own recordings: BIDS-iEEG through mne-bids (EDF via edfio, BrainVision via
+        # pybv), NWB through pynwb.
+        "bids": ["mne", "mne-bids", "edfio", "pybv"],
+        "nwb": ["pynwb"],
     },
 )

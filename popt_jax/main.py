@@ -22,7 +22,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Job configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (default: the config's `workdir`).")
 
-JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder", "neuroprobe")
+JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder", "neuroprobe",
+             "extract_recordings", "embed", "predict")
 
 
 def run_job(job: str, config, workdir: str):
@@ -43,6 +44,12 @@ def run_job(job: str, config, workdir: str):
         from popt_jax.ieeg.neuroprobe import neuroprobe_job
 
         return neuroprobe_job(config, workdir)
+    if job in ("embed", "predict", "extract_recordings"):
+        from popt_jax.ieeg import apply, recording_store
+
+        return {"embed": apply.embed_job, "predict": apply.predict_job,
+                "extract_recordings": recording_store.extract_recordings_job}[job](config,
+                                                                                   workdir)
     if job == "brain_encoder":
         from popt_jax.fmri.train import brain_encoder_job
 

@@ -11,6 +11,9 @@ Modules: `signal` (jitted STFT), `brainbert`, `popt`, `layers` (shared transform
 `feature_store` (format) and `extract` (the extraction job), `datasets` (grain pipelines),
 `optim`, `objectives` (losses and steps), `train` (pretraining and fine-tuning jobs),
 `defaults` (the one step that makes the built-in default inputs of those jobs).
+Other recordings: `recording` (the interface), `readers` (BIDS-iEEG, MNE, NWB), `coords`
+(millimetres -> PopT indices), `frontend` (resampling, notch, re-reference),
+`recording_store` (their feature-store files) and `apply` (the embed and predict jobs).
 """
 
 import importlib
@@ -21,6 +24,7 @@ _API = {
     "load_popt": "convert", "load_brainbert": "convert", "load_model": "convert",
     "export_safetensors": "convert", "read_checkpoint": "convert",
     "brainbert_spectrogram": "signal", "stft": "signal",
+    "Recording": "recording", "CoordMapping": "coords", "FrontEndConfig": "frontend",
 }
 __all__ = sorted(_API)
 

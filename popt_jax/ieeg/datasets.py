@@ -219,14 +219,14 @@ class FeatureStore:
 
     @staticmethod
     def _read(path: Path) -> FileInfo:
-        from popt_jax.ieeg.feature_store import FINETUNE_TASKS, read_attrs
+        from popt_jax.ieeg.feature_store import read_attrs
 
         meta = read_attrs(path)
         tasks = {}
         with h5py.File(path, "r") as f:
             pre = f["pretrain/starts"][:] if "pretrain" in f else np.zeros(0, np.int64)
-            for t in FINETUNE_TASKS:
-                if t in f:
+            for t in f:  # the four Brain Treebank tasks, or a recording's own event tasks
+                if isinstance(f[t], h5py.Group) and "labels" in f[t] and "index" in f[t]:
                     tasks[t] = {k: f[t][k][:] for k in ("index", "labels", "starts")}
         return FileInfo(path=str(path), subject=meta["subject"], trial=meta["trial"],
                         names=meta["electrode_names"], coords=meta["coords"],

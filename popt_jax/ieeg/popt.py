@@ -10,10 +10,12 @@ request, every layer's per-head attention weights. `PopTClassifier`: PopT body +
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from popt_jax.core.nn import Buffer, layer_norm, torch_linear
@@ -44,6 +46,9 @@ class PopTConfig:
     activation: str = "gelu"
     cls_out_dim: int = 1
     use_token_cls_head: bool = True
+    # "table" (upstream): integer (L, I, P) rows of the sinusoid table; "continuous": the
+    # same sinusoids evaluated at real-valued positions (equal to the table at integers).
+    position_code: str = "table"
 
     @classmethod
     def from_upstream(cls, cfg: dict[str, Any]) -> "PopTConfig":
@@ -62,6 +67,8 @@ class PopTConfig:
         )
 
     def to_upstream(self) -> dict[str, Any]:
+        if self.position_code != "table":
+            raise ValueError("upstream PopT has no continuous position code")
         if self.ff_dim != 2048:
             raise ValueError("upstream PopT fixes the feed-forward width at 2048")
         return {
@@ -91,22 +98,43 @@ class PopTOutput(NamedTuple):
     attention: tuple[jax.Array, ...] | None  # per layer [B, heads, 1 + n, 1 + n]
 
 
-class SpatialEncoding(nnx.Module):
-    """PopT's spatial code: concat(pe[L], pe[I], pe[P], pe[seq_id]); CLS gets pe[0] x 4."""
+def continuous_sinusoids(pos, dim: int):
+    """The sinusoid table's rows at real-valued positions: [...] -> [..., dim] float32.
 
-    def __init__(self, hidden_dim: int, max_len: int):
+    Same frequencies and sin/cos interleaving as `sinusoid_table`, computed in float32, so
+    at an integer position the row equals the table's (up to the last bit of sin/cos).
+    """
+    div = np.exp(np.arange(0, dim, 2, dtype=np.float32)
+                 * np.float32(-math.log(10000.0) / dim)).astype(np.float32)
+    arg = pos.astype(jnp.float32)[..., None] * jnp.asarray(div)
+    return jnp.stack([jnp.sin(arg), jnp.cos(arg)], axis=-1).reshape(*pos.shape, dim)
+
+
+class SpatialEncoding(nnx.Module):
+    """PopT's spatial code: concat(pe[L], pe[I], pe[P], pe[seq_id]); CLS gets pe[0] x 4.
+
+    ``continuous=True`` evaluates the three coordinate sinusoids at the real-valued positions
+    instead of looking integer rows up (`continuous_sinusoids`; same width, same table for
+    ``seq_id`` and the CLS token), for coordinates in millimetres mapped by
+    `popt_jax.ieeg.coords.CoordMapping.positions`.
+    """
+
+    def __init__(self, hidden_dim: int, max_len: int, continuous: bool = False):
         if hidden_dim % 4:
             raise ValueError("PopT hidden size must be divisible by 4")
         self.pe = Buffer(jnp.asarray(sinusoid_table(max_len, hidden_dim // 4)))
+        self.continuous = continuous
 
     def __call__(self, coords, seq_id):
-        """coords [B, n, 3] int, seq_id [B, n] int -> codes [B, 1 + n, hidden] (CLS first)."""
+        """coords [B, n, 3], seq_id [B, n] int -> codes [B, 1 + n, hidden] (CLS first)."""
         pe = self.pe.value
-        # Integer indexing as in torch: floats truncate toward zero, negatives wrap around.
-        coords = coords.astype(jnp.int32)
         seq_id = seq_id.astype(jnp.int32)
         b, n, _ = coords.shape
-        xyz = pe[coords].reshape(b, n, -1)
+        if self.continuous:
+            xyz = continuous_sinusoids(coords, pe.shape[-1]).reshape(b, n, -1)
+        else:
+            # Integer indexing as in torch: floats truncate toward zero, negatives wrap.
+            xyz = pe[coords.astype(jnp.int32)].reshape(b, n, -1)
         codes = jnp.concatenate([xyz, pe[seq_id]], axis=-1)
         cls = jnp.broadcast_to(jnp.tile(pe[0], 4), (b, 1, codes.shape[-1]))
         return jnp.concatenate([cls, codes], axis=1)
@@ -117,7 +145,11 @@ class PopTInput(nnx.Module):
 
     def __init__(self, cfg: PopTConfig, *, rngs: nnx.Rngs, dtype=None):
         self.in_proj = torch_linear(cfg.input_dim, cfg.hidden_dim, rngs, dtype)
-        self.positional_encoding = SpatialEncoding(cfg.hidden_dim, cfg.max_len)
+        if cfg.position_code not in ("table", "continuous"):
+            raise ValueError(f"position_code must be table or continuous, not "
+                             f"{cfg.position_code!r}")
+        self.positional_encoding = SpatialEncoding(cfg.hidden_dim, cfg.max_len,
+                                                   cfg.position_code == "continuous")
         self.layer_norm = layer_norm(cfg.hidden_dim, rngs, dtype)
         self.dropout = Dropout(cfg.dropout, rngs=rngs)
 
@@ -191,7 +223,8 @@ class PopT(nnx.Module):
         Args:
           x: electrode embeddings [B, n, input_dim] (the CLS row of ones is added here).
           pad_mask: [B, n] bool, True = padding (or None).
-          coords: [B, n, 3] integer (L, I, P) coordinates (floats are truncated).
+          coords: [B, n, 3] integer (L, I, P) coordinates (floats are truncated), or
+            real-valued positions with ``position_code="continuous"``.
           seq_id: [B, n] 0/1 pair-half id (None = zeros, as in fine-tuning).
           deterministic: disables dropout.
           return_attention: also return every layer's weights [B, heads, 1 + n, 1 + n].
