@@ -110,7 +110,7 @@ def _read_settings(path: Path) -> dict[str, Any]:
 def write_spectrogram_store(root: str | os.PathLike, path: str | os.PathLike, *,
                             selection: Mapping[str, Sequence[str]],
                             trials: Mapping[str, Sequence[str]],
-                            cfg: pp.PreprocessConfig = pp.PreprocessConfig(),
+                            cfg: pp.PreprocessConfig | None = None,
                             stft: Mapping[str, int] | None = None, dtype: str = "float32",
                             batch_windows: int = 256, max_windows: int | None = None) -> Path:
     """Writes (or resumes, or reuses) the spectrogram store `path` of a Brain Treebank tree.
@@ -130,6 +130,7 @@ def write_spectrogram_store(root: str | os.PathLike, path: str | os.PathLike, *,
       `path`.
     """
     path = Path(path)
+    cfg = cfg or pp.PreprocessConfig()
     stft = dict(stft or STFT_DEFAULTS)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"store dtype must be float32 or float16, got {dtype!r}")

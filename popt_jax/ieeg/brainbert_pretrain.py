@@ -221,7 +221,7 @@ def evaluate(eval_step, params, batches, key: jax.Array, mesh, alpha: float,
             total[k] += float(sums[k])
         if keep_first and first is None:
             first = {"spec": batch["spec"], **dict(zip(("masked", "loss_mask", "pred"),
-                                                       map(np.asarray, arrays)))}
+                                                       map(np.asarray, arrays), strict=True))}
     if total["n"] == 0:
         raise TrainingError("an evaluation split has no masked cells; check the data split")
     return summarize(total, alpha), first
@@ -291,7 +291,7 @@ def _plot(first: dict[str, np.ndarray], path: Path) -> None:
               ("masked input", first["masked"][0]), ("loss mask", first["loss_mask"][0]),
               ("reconstruction", first["pred"][0])]
     fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
-    for ax, (title, img) in zip(axes, panels):
+    for ax, (title, img) in zip(axes, panels, strict=True):
         kw = {} if title == "loss mask" else {"vmin": -3, "vmax": 3}
         ax.imshow(np.asarray(img, np.float32).T, aspect="auto", origin="lower",
                   cmap="gray" if title == "loss mask" else "viridis", **kw)
