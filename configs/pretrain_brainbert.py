@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.lr = 1e-4 if paper else 1e-3  # peak lr; upstream 1e-4 (short default run: 1e-3)
     config.weight_decay = 0.0  # LAMB weight decay (upstream: none)
     config.lamb_clamp_value = 10.0  # weight-norm clamp of the trust ratio (torch_optimizer)
+    config.lamb_packed_qkv = True  # trust ratio over q,k,v together (torch's in_proj tensor)
     config.grad_clip = 1.0  # global-norm clipping; 0 = off
     config.warmup = 0.025  # linear warm-up fraction of total_steps
     config.gamma = 0.99  # then lr x gamma every (total - warm-up) / 100 steps

@@ -46,7 +46,7 @@ from popt_jax.core import mesh as mesh_lib  # noqa: E402
 from popt_jax.core import steps  # noqa: E402
 from popt_jax.ieeg import brainbert_data as bd  # noqa: E402
 from popt_jax.ieeg import brainbert_pretrain as bp  # noqa: E402
-from popt_jax.ieeg import convert, masking, optim  # noqa: E402
+from popt_jax.ieeg import convert, masking  # noqa: E402
 
 SIZES = {"tiny": (32, 2, 64, 1), "default": (64, 2, 128, 2), "paper": (768, 12, 3072, 6)}
 T, F = 186, 40
@@ -77,7 +77,7 @@ def bench_step(size: str, batch: int, repeats: int) -> None:
     cfg = masking.MaskConfig()
     conf = _Conf(optimizer="lamb", lr=1e-4, total_steps=1000, warmup=0.025, gamma=0.99,
                  grad_clip=1.0)
-    tx = optim.make_optimizer(conf)
+    tx = bp.make_optimizer(conf)
     mesh = mesh_lib.make_mesh(1)
     parts = steps.split_model(model)
     step = bp.make_pretrain_step(parts, tx, cfg, mesh)

@@ -29,7 +29,7 @@ from popt_jax.core import steps  # noqa: E402
 from popt_jax.errors import DataError  # noqa: E402
 from popt_jax.ieeg import brainbert_data as bd  # noqa: E402
 from popt_jax.ieeg import brainbert_pretrain as bp  # noqa: E402
-from popt_jax.ieeg import convert, masking, optim  # noqa: E402
+from popt_jax.ieeg import convert, masking  # noqa: E402
 from popt_jax.ieeg.braintreebank import load_selection  # noqa: E402
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank  # noqa: E402
 
@@ -204,7 +204,7 @@ def test_train_step_matches_reference(scaled):
         __getattr__ = dict.get
 
     conf = C(optimizer="lamb", lr=1e-3, total_steps=100, warmup=0.0, gamma=0.99, grad_clip=1.0)
-    tx = optim.make_optimizer(conf)
+    tx = bp.make_optimizer(conf)
     mesh = mesh_lib.make_mesh(1)
     parts = steps.split_model(model)
     step = bp.make_pretrain_step(parts, tx, cfg, mesh, loss_scaled_grad=scaled,
