@@ -349,3 +349,17 @@ def test_benchmark_tiny_runs():
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio vs reference" in out.stdout
+
+
+def test_cli_bad_selection_is_one_error_line(tree, tmp_path):
+    root, _, _ = tree
+    out = subprocess.run(
+        [sys.executable, "-m", "popt_jax.main", "--config",
+         "configs/pretrain_brainbert.py:tiny", "--workdir", str(tmp_path / "w"),
+         f"--config.data.root={root}", f"--config.data.selection={tmp_path / 'none.json'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 2
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'none.json'}: electrode selection file not found"]
+    assert "Traceback" not in out.stderr
