@@ -23,7 +23,7 @@ config_flags.DEFINE_config_file("config", None, "Job configuration file.", lock_
 flags.DEFINE_string("workdir", None, "Output directory (default: the config's `workdir`).")
 
 JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder", "neuroprobe",
-             "extract_recordings", "embed", "predict")
+             "extract_recordings", "embed", "predict", "pretrain_brainbert")
 
 
 def run_job(job: str, config, workdir: str):
@@ -50,6 +50,10 @@ def run_job(job: str, config, workdir: str):
         return {"embed": apply.embed_job, "predict": apply.predict_job,
                 "extract_recordings": recording_store.extract_recordings_job}[job](config,
                                                                                    workdir)
+    if job == "pretrain_brainbert":
+        from popt_jax.ieeg.brainbert_pretrain import pretrain_brainbert
+
+        return pretrain_brainbert(config, workdir)
     if job == "brain_encoder":
         from popt_jax.fmri.train import brain_encoder_job
 

@@ -1,0 +1,492 @@
+"""BrainBERT pretraining (masked spectrogram modelling): loss, jitted steps, the job.
+
+    python -m popt_jax.main --config configs/pretrain_brainbert.py --workdir runs/brainbert
+
+Upstream (czlwang/BrainBERT: `tasks/spec_pretrain.py`, `criterions/pretrain_masked_criterion.py`,
+`tasks/base_task.py`, `conf/exp/spec2vec.yaml`): spectrograms of 5 s windows are masked
+(`masking.py`), BrainBERT + its spectrogram head reconstructs them, and the loss is
+
+    loss = mean |pred - target| over the loss-mask cells
+           + alpha * mean |pred - target| over the loss-mask cells with |target| > 1
+
+(alpha 2, means over every masked cell of the batch). Training: LAMB (torch_optimizer
+semantics, `optim.lamb`) lr 1e-4, batch 256, ramp_up (2.5% warm-up, gamma 0.99), global-norm
+clip 1.0 and upstream's `loss.backward(loss)`: the gradient is loss x d(loss) before clipping
+(`loss_scaled_grad`, default True; the identity d/dθ (loss²/2) = loss · d(loss)/dθ is how
+it is computed here: the gradient of the loss times the stop-gradient loss). The best
+checkpoint is the one with the lowest validation loss.
+
+Masks are drawn INSIDE the jitted step from the step key (training) or a fixed key per
+validation batch (deterministic validation), so the hot path has no per-example Python.
+
+Outputs in the workdir: `spectrograms.h5` (the store, `brainbert_data.py`), `checkpoints/`
+(Orbax: latest + best), `metrics.jsonl` + `tensorboard/`, `results.json` (test metrics of
+the best checkpoint, validation history, baselines), `reconstruction.png` (a validation
+spectrogram, its masked input and loss mask, the reconstruction) and `brainbert_best/`
+(`model.safetensors` + `config.json` in the upstream state_dict layout: `load_brainbert`
+and `extract_features --config.brainbert_checkpoint=.../model.safetensors` take it).
+
+Visible learning: every validation reports the masked-cell L1 of the model next to two
+baselines on the same cells: predicting zero (the z-scored mean) and copying the nearest
+frame outside every time span of the masked input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from popt_jax.core import mesh as mesh_lib
+from popt_jax.core import steps
+from popt_jax.core.checkpoints import Checkpoints, quiet_orbax_logs
+from popt_jax.core.jsonio import atomic_json
+from popt_jax.core.logs import Logs
+from popt_jax.core.nn import cast_floats
+from popt_jax.errors import DataError, TrainingError
+from popt_jax.ieeg import brainbert_data as bd
+from popt_jax.ieeg import masking, optim
+from popt_jax.ieeg.brainbert import BrainBERT, BrainBERTConfig
+
+CHECKPOINT_FORMAT = "popt_jax.brainbert_pretrain/1"
+EVAL_SUMS = ("n", "l1", "n_content", "content", "zero_l1", "zero_content", "copy_l1",
+             "copy_content")
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------
+
+
+def masked_l1_sums(pred, target, mask) -> dict[str, jax.Array]:
+    """Sums and counts of the two L1 terms over `mask` (bool, broadcastable to target)."""
+    err = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+    m = mask.astype(jnp.float32)
+    mc = m * (jnp.abs(target) > 1).astype(jnp.float32)
+    return {"n": m.sum(), "l1": (err * m).sum(), "n_content": mc.sum(),
+            "content": (err * mc).sum()}
+
+
+def _mean(total, count):
+    # Upstream's mean over an empty selection is NaN; a batch without |target| > 1 cells
+    # contributes 0 here instead (never the case on real z-scored spectrograms).
+    return total / jnp.maximum(count, 1.0)
+
+
+def pretrain_loss(pred, target, mask, alpha: float = 2.0):
+    """(loss, masked-cell L1, content L1) as upstream's `pretrain_masked_criterion`."""
+    s = masked_l1_sums(pred, target, mask)
+    l1, content = _mean(s["l1"], s["n"]), _mean(s["content"], s["n_content"])
+    return l1 + alpha * content, l1, content
+
+
+def copy_nearest_prediction(masked, time_covered):
+    """Baseline: every frame predicted by the nearest frame outside the time spans (input)."""
+    src = masking.nearest_unmasked_frame(time_covered)
+    return jnp.take_along_axis(masked, src[..., None], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser
+# --------------------------------------------------------------------------------------------
+
+
+def _qkv_group(path) -> tuple[str, ...]:
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    return tuple("qkv" if n in ("query", "key", "value") else n for n in names)
+
+
+def scale_by_packed_trust_ratio(clamp_value: float = 10.0) -> optax.GradientTransformation:
+    """LAMB's per-tensor trust ratio with q, k, v of each attention layer as ONE tensor.
+
+    PyTorch packs them into `in_proj_weight` [3d, d] / `in_proj_bias`, so torch_optimizer's
+    Lamb takes ||w|| and ||update|| over the three together; popt_jax keeps them as separate
+    Linear layers. Grouping them here makes the update equal to upstream's (the per-tensor
+    `optim.lamb` rule would differ by ~1e-5 per step on those weights).
+    """
+
+    def update(updates, state, params):
+        flat_u, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        flat_p = jax.tree.leaves(params)
+        groups: dict[tuple, list[int]] = {}
+        for i, (path, _) in enumerate(flat_u):
+            groups.setdefault(_qkv_group(path), []).append(i)
+        out = [None] * len(flat_u)
+        for idx in groups.values():
+            w = jnp.sqrt(sum(jnp.sum(jnp.square(flat_p[i].astype(jnp.float32))) for i in idx))
+            u = jnp.sqrt(sum(jnp.sum(jnp.square(flat_u[i][1])) for i in idx))
+            w = jnp.minimum(w, clamp_value)
+            trust = jnp.where((w > 0) & (u > 0), w / jnp.where(u > 0, u, 1.0), 1.0)
+            for i in idx:
+                out[i] = flat_u[i][1] * trust
+        return jax.tree.unflatten(treedef, out), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Clip + LAMB (torch_optimizer semantics, q/k/v trust ratio packed as upstream's tensor)
+    with the ramp_up schedule; `optimizer: adamw` falls back to `optim.make_optimizer`.
+
+    Config fields: optimizer, lr, total_steps, warmup, gamma, grad_clip, weight_decay,
+    lamb_clamp_value, lamb_packed_qkv (False = per-tensor `optim.lamb`).
+    """
+    if str(config.optimizer).lower() != "lamb" or not config.get("lamb_packed_qkv", True):
+        return optim.make_optimizer(config)
+    schedule = optim.ramp_up_schedule(float(config.lr), int(config.total_steps),
+                                      float(config.warmup), float(config.gamma))
+    parts = [optim.scale_by_lamb_moments()]
+    if float(config.get("weight_decay", 0.0)):
+        parts.append(optax.add_decayed_weights(float(config.weight_decay)))
+    parts += [scale_by_packed_trust_ratio(float(config.get("lamb_clamp_value", 10.0))),
+              optax.scale_by_learning_rate(schedule)]
+    clip = float(config.get("grad_clip", 0.0))
+    return optax.chain(*([optax.clip_by_global_norm(clip)] if clip > 0 else []), *parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------------
+
+
+def _forward(parts: steps.ModelParts, params, spec, pad_mask, rngs, deterministic, dtype):
+    if dtype != jnp.float32:
+        params = cast_floats(params, dtype)
+    model = nnx.merge(parts.graphdef, params, rngs, parts.consts)
+    out = model.predict_spectrogram(spec.astype(dtype), pad_mask, deterministic=deterministic)
+    return out.astype(jnp.float32)
+
+
+def make_pretrain_step(parts: steps.ModelParts, tx: optax.GradientTransformation,
+                       mask_cfg: masking.MaskConfig, mesh, *, alpha: float = 2.0,
+                       loss_scaled_grad: bool = True, deterministic: bool = False,
+                       compute_dtype=jnp.float32) -> Callable:
+    """Jitted `step(params, opt_state, spec [B,T,F], rng) -> (params, opt_state, metrics)`.
+
+    The step draws the masks from `rng` (split from the dropout key), masks the batch, runs
+    BrainBERT + head, and applies one optimiser update. `step.with_draws(params, opt_state,
+    spec, draws, rng)` takes the mask draws instead (parity tests). `deterministic` turns
+    dropout off. Metrics: loss, l1, content_l1, grad_norm (of the gradient before clipping,
+    after the loss scaling, as upstream's `clip_grad_norm_` returns it).
+    """
+    rep = mesh_lib.replicated(mesh)
+    spec_tpl = steps.rng_spec(parts.rngs)
+    dtype = jnp.dtype(compute_dtype)
+
+    def core(params, opt_state, spec, draws, drop_key, consts):
+        res = masking.apply_fixed_mask(spec, draws, mask_cfg)
+
+        def loss_fn(p):
+            # dropout streams are made inside the traced function (NNX mutates their counts)
+            rngs = steps.fresh_rngs(spec_tpl, drop_key)
+            pred = _forward(parts._replace(consts=consts), p, res.masked, None, rngs,
+                            deterministic, dtype)
+            loss, l1, content = pretrain_loss(pred, spec, res.loss_mask, alpha)
+            return loss, (l1, content)
+
+        (loss, (l1, content)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if loss_scaled_grad:
+            # upstream `loss.backward(loss)`: d(loss^2 / 2) = loss * d(loss)
+            grads = jax.tree.map(lambda g: g * jax.lax.stop_gradient(loss), grads)
+        gnorm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "l1": l1, "content_l1": content,
+                                   "grad_norm": gnorm}
+
+    def with_rng(params, opt_state, spec, rng, consts):
+        mask_key, drop_key = jax.random.split(rng)
+        b, t, f = spec.shape
+        draws = masking.draw_fixed_mask(mask_key, b, t, f, mask_cfg)
+        return core(params, opt_state, spec, draws, drop_key, consts)
+
+    out_sh = (rep, rep, rep)
+    jit_rng = jax.jit(with_rng, donate_argnums=(0, 1), out_shardings=out_sh)
+    jit_draws = jax.jit(core, donate_argnums=(0, 1), out_shardings=out_sh)
+    consts = mesh_lib.replicate(parts.consts, mesh)
+
+    def train_step(params, opt_state, spec, rng):
+        return jit_rng(params, opt_state, spec, rng, consts)
+
+    def with_draws(params, opt_state, spec, draws, rng):
+        return jit_draws(params, opt_state, spec, draws, rng, consts)
+
+    train_step.with_draws = with_draws
+    train_step.jitted = jit_rng
+    return train_step
+
+
+def make_eval_step(parts: steps.ModelParts, mask_cfg: masking.MaskConfig, mesh, *,
+                   compute_dtype=jnp.float32) -> Callable:
+    """Jitted `eval_step(params, spec, valid, key) -> (sums, (masked, loss_mask, pred))`.
+
+    Sums (`EVAL_SUMS`) cover the model and the two baselines on the same loss-mask cells of
+    the `valid` rows; masks come from `key` (fixed per validation batch: deterministic).
+    """
+    rep = mesh_lib.replicated(mesh)
+    spec_tpl = steps.rng_spec(parts.rngs)
+    dtype = jnp.dtype(compute_dtype)
+
+    def step(params, spec, valid, key, consts):
+        res = masking.fixed_mask(key, spec, mask_cfg)
+        rngs = steps.fresh_rngs(spec_tpl, jax.random.key(0))
+        pred = _forward(parts._replace(consts=consts), params, res.masked, None, rngs, True,
+                        dtype)
+        m = res.loss_mask & valid[:, None, None]
+        model = masked_l1_sums(pred, spec, m)
+        zero = masked_l1_sums(jnp.zeros_like(spec), spec, m)
+        copy = masked_l1_sums(copy_nearest_prediction(res.masked, res.time_covered), spec, m)
+        sums = {**model, "zero_l1": zero["l1"], "zero_content": zero["content"],
+                "copy_l1": copy["l1"], "copy_content": copy["content"]}
+        return sums, (res.masked, res.loss_mask, pred)
+
+    jitted = jax.jit(step, out_shardings=(rep, rep))
+    consts = mesh_lib.replicate(parts.consts, mesh)
+    return lambda params, spec, valid, key: jitted(params, spec, valid, key, consts)
+
+
+def summarize(sums: dict[str, float], alpha: float) -> dict[str, float]:
+    """Validation metrics from accumulated sums: model and baseline L1 / loss."""
+    n, nc = max(sums["n"], 1.0), max(sums["n_content"], 1.0)
+    out = {}
+    for name, l1, content in (("", "l1", "content"), ("zero_", "zero_l1", "zero_content"),
+                              ("copy_", "copy_l1", "copy_content")):
+        out[f"{name}l1"] = sums[l1] / n
+        out[f"{name}content_l1"] = sums[content] / nc
+        out[f"{name}loss"] = out[f"{name}l1"] + alpha * out[f"{name}content_l1"]
+    out["masked_cells"] = sums["n"]
+    return out
+
+
+def evaluate(eval_step, params, batches, key: jax.Array, mesh, alpha: float,
+             keep_first: bool = False):
+    """Runs the eval step over `batches`; returns (metrics, first batch arrays or None)."""
+    total = {k: 0.0 for k in EVAL_SUMS}
+    first = None
+    for i, batch in enumerate(batches):
+        g = mesh_lib.to_global(batch, mesh, keys=None)
+        sums, arrays = eval_step(params, g["spec"], g["valid"], jax.random.fold_in(key, i))
+        for k in EVAL_SUMS:
+            total[k] += float(sums[k])
+        if keep_first and first is None:
+            first = {"spec": batch["spec"], **dict(zip(("masked", "loss_mask", "pred"),
+                                                       map(np.asarray, arrays), strict=True))}
+    if total["n"] == 0:
+        raise TrainingError("an evaluation split has no masked cells; check the data split")
+    return summarize(total, alpha), first
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------
+
+
+def mask_config_from(cfg) -> masking.MaskConfig:
+    fields = {f.name for f in dataclasses.fields(masking.MaskConfig)}
+    unknown = sorted(set(dict(cfg)) - fields)
+    if unknown:
+        raise TrainingError(f"unknown config.mask field(s): {', '.join(unknown)}")
+    try:
+        return masking.MaskConfig(**dict(cfg))
+    except ValueError as err:
+        raise TrainingError(f"config.mask: {err}") from None
+
+
+def model_config_from(cfg) -> BrainBERTConfig:
+    fields = {f.name for f in dataclasses.fields(BrainBERTConfig)}
+    return BrainBERTConfig(**{k: v for k, v in dict(cfg).items() if k in fields})
+
+
+def _resolve_data(config, workdir: Path) -> tuple[Path, dict, dict]:
+    """(root, selection, trials) from config.data (synthetic tree when no root)."""
+    import json
+
+    from popt_jax.ieeg.braintreebank import BrainTreebank, load_selection, subject_id
+    from popt_jax.ieeg.extract import synthetic_root
+
+    d = config.data
+    root = Path(d.root) if d.root else synthetic_root(config, workdir)
+    sel_path = d.selection or (root / "electrode_selections" / "clean_laplacian.json")
+    selection = load_selection(sel_path)
+    if d.trials:
+        try:
+            trials = json.loads(Path(d.trials).read_text())
+        except FileNotFoundError:
+            raise DataError(d.trials, "trial selection file not found") from None
+        except (OSError, ValueError) as err:
+            raise DataError(d.trials, f"cannot read trial selection JSON ({err})") from None
+        if not isinstance(trials, dict):
+            raise DataError(d.trials, "expected a JSON object {subject: [trials]}")
+    else:
+        bt = BrainTreebank(root)
+        trials = {s: bt.trials(s) for s in bt.subjects()}
+    trials = {subject_id(k): list(v) for k, v in trials.items()}
+    if d.subjects:
+        wanted = [subject_id(s) for s in d.subjects]
+        trials = {s: v for s, v in trials.items() if s in wanted}
+    missing = [s for s in trials if s not in selection]
+    if missing:
+        raise DataError(sel_path, f"electrode selection has no entry for {', '.join(missing)}")
+    return root, selection, trials
+
+
+def _plot(first: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("target (validation spectrogram)", first["spec"][0]),
+              ("masked input", first["masked"][0]), ("loss mask", first["loss_mask"][0]),
+              ("reconstruction", first["pred"][0])]
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
+    for ax, (title, img) in zip(axes, panels, strict=True):
+        kw = {} if title == "loss mask" else {"vmin": -3, "vmax": 3}
+        ax.imshow(np.asarray(img, np.float32).T, aspect="auto", origin="lower",
+                  cmap="gray" if title == "loss mask" else "viridis", **kw)
+        ax.set_title(title)
+        ax.set_ylabel("frequency bin")
+    axes[-1].set_xlabel("frame")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
+    """The `pretrain_brainbert` job (see module docstring); returns `results.json`'s content."""
+    from popt_jax.ieeg import convert
+    from popt_jax.ieeg.extract import preprocess_config_from
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    quiet_orbax_logs()
+    root, selection, trials = _resolve_data(config, workdir)
+    d = config.data
+    store = Path(d.store) if d.store else workdir / "spectrograms.h5"
+    bd.write_spectrogram_store(
+        root, store, selection=selection, trials=trials,
+        cfg=preprocess_config_from(config.preprocess), dtype=str(d.store_dtype),
+        max_windows=None if int(d.max_windows) < 0 else int(d.max_windows))
+    split = bd.split_rows(store, float(d.val_fraction), float(d.test_fraction))
+    sources = {k: bd.SpectrogramSource(store, v, in_memory=bool(d.in_memory))
+               for k, v in split.items()}
+    logging.info("spectrogram splits: %s", {k: len(v) for k, v in sources.items()})
+
+    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
+    mask_cfg = mask_config_from(config.mask)
+    model_cfg = model_config_from(config.model)
+    if model_cfg.input_dim != sources["train"].shape[-1]:
+        raise TrainingError(f"config.model.input_dim {model_cfg.input_dim} != the store's "
+                            f"{sources['train'].shape[-1]} frequency bins")
+    dtype = jnp.dtype(str(config.compute_dtype))
+    model = BrainBERT(model_cfg, rngs=nnx.Rngs(int(config.seed)))
+    parts = steps.split_model(model)
+    tx = make_optimizer(config)
+    params = mesh_lib.replicate(parts.params, mesh)
+    opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
+    alpha = float(config.alpha)
+    train_step = make_pretrain_step(parts, tx, mask_cfg, mesh, alpha=alpha,
+                                    loss_scaled_grad=bool(config.loss_scaled_grad),
+                                    compute_dtype=dtype)
+    eval_step = make_eval_step(parts, mask_cfg, mesh, compute_dtype=dtype)
+
+    meta = {"format": CHECKPOINT_FORMAT, "task": "brainbert_pretrain",
+            "model": dataclasses.asdict(model_cfg)}
+    ckpts = Checkpoints(workdir / "checkpoints", meta, keep=int(config.keep_checkpoints),
+                        best_metric="loss", best_mode="min")
+    base_key = jax.random.key(int(config.seed), impl=str(config.rng_impl))
+    eval_key = jax.random.key(int(config.seed) + 1)
+    batch_size = int(config.batch_size)
+    eval_bs = int(config.eval_batch_size or batch_size)
+    local_bs = mesh_lib.local_batch_size(batch_size, mesh)
+    if len(sources["train"]) < local_bs:
+        raise TrainingError(f"the training split has {len(sources['train'])} spectrograms, "
+                            f"fewer than one batch of {local_bs}; lower config.batch_size")
+    train_iter = iter(bd.train_dataset(sources["train"], local_bs, int(config.seed),
+                                       read_threads=int(d.read_threads)))
+    step = 0
+    latest = ckpts.latest_step()
+    if latest is not None:
+        restored = ckpts.restore(latest, params, opt_state, train_iter)
+        params, opt_state = restored["params"], restored["opt_state"]
+        step = int(restored["progress"]["step"])
+        logging.info("resumed from %s at step %d", ckpts.directory / str(latest), step)
+
+    total = int(config.total_steps)
+    eval_every = int(config.eval_every) or total
+    log_every = max(1, int(config.log_every))
+    logs = Logs(workdir, total, step)
+    acc: dict[str, float] = {}
+    n_acc = 0
+    history = []
+    t_start = time.perf_counter()
+
+    def validate(p, split_name):
+        return evaluate(eval_step, p, bd.eval_batches(sources[split_name], eval_bs), eval_key,
+                        mesh, alpha, keep_first=split_name == "val")
+
+    try:
+        while step < total:
+            batch = next(train_iter)
+            spec = mesh_lib.to_global({"spec": batch["spec"]}, mesh, keys=None)["spec"]
+            params, opt_state, m = train_step(params, opt_state, spec,
+                                              steps.step_key(base_key, step))
+            step += 1
+            for k, v in m.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+            n_acc += 1
+            if step % log_every == 0 or step == total:
+                values = {k: v / n_acc for k, v in acc.items()}
+                if not all(np.isfinite(v) for v in values.values()):
+                    raise TrainingError(f"non-finite training loss at step {step} ({values}); "
+                                        f"last checkpoint: {ckpts.latest_step()}")
+                logs.progress(step, values)
+                logs.write(step, "train", values)
+                acc, n_acc = {}, 0
+            if step % eval_every == 0 or step == total:
+                values, _ = validate(params, "val")
+                history.append({"step": step, **values})
+                logging.info(
+                    "step %d valid loss %.4f | masked-cell L1: model %.4f, predict-zero %.4f, "
+                    "copy-nearest-frame %.4f", step, values["loss"], values["l1"],
+                    values["zero_l1"], values["copy_l1"])
+                logs.write(step, "valid", values)
+                ckpts.save(step, params, opt_state, {"step": step}, train_iter, metrics=values)
+        train_seconds = time.perf_counter() - t_start
+        ckpts.wait()
+        best = ckpts.best_step()
+        best_params = ckpts.restore(best, params)["params"] if best != step else params
+        val, first = validate(best_params, "val")
+        test, _ = validate(best_params, "test")
+        logs.write(step, "test", test)
+        logging.info("test (best step %s): masked-cell L1 model %.4f, predict-zero %.4f, "
+                     "copy-nearest-frame %.4f", best, test["l1"], test["zero_l1"],
+                     test["copy_l1"])
+        results = {"best_step": best, "best_valid": val, "test": test, "steps": step,
+                   "train_seconds": round(train_seconds, 3), "history": history,
+                   "store": str(store), "splits": {k: len(v) for k, v in sources.items()},
+                   "model": dataclasses.asdict(model_cfg), "mask": dataclasses.asdict(mask_cfg),
+                   "workdir": str(workdir.absolute()), "config": config.to_dict()}
+        if jax.process_index() == 0:
+            best_model = nnx.merge(parts.graphdef, jax.device_get(best_params), parts.rngs,
+                                   parts.consts)
+            export = workdir / "brainbert_best" / "model.safetensors"
+            convert.export_safetensors(best_model, str(export))
+            results["export"] = str(export)
+            _plot(first, workdir / "reconstruction.png")
+            atomic_json(workdir / "results.json", results)
+        return results
+    finally:
+        ckpts.close()
+        logs.close()
