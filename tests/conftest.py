@@ -7,8 +7,10 @@
 * the `gpu` marker: such tests are skipped when JAX sees no GPU (checked only when one runs,
   so the suite never initialises a backend early).
 
-`tests/` itself is on `sys.path` (pytest's rootdir conftest), so the PyTorch references
-(`torch_reference*.py`) import by name from every test folder; `REPO` is the repository root.
+Test files are grouped like the package (`tests/core`, `tests/ieeg`, `tests/fmri`; the
+package-wide `test_main.py` and `test_layout.py` here). `tests/` itself is on `sys.path`
+(pytest inserts the folder of this rootdir conftest), so the PyTorch references
+(`torch_reference*.py`, kept here) import by name from every test folder.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,7 @@ def test_dropout_is_training_only():
 @pytest.mark.parametrize("readout", be.READOUTS)
 def test_parity_with_torch(readout):
     torch = pytest.importorskip("torch")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import torch_reference_brain_encoder as R
 
     model, lh_m, rh_m = _build(readout)
@@ -155,7 +155,7 @@ def test_parity_with_torch(readout):
 @pytest.mark.torch
 def test_state_dict_roundtrip_and_strictness():
     torch = pytest.importorskip("torch")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import torch_reference_brain_encoder as R
 
     model, lh_m, rh_m = _build("rois_all")

@@ -19,7 +19,7 @@ import pytest
 from popt_jax.core import tb_writer
 from popt_jax.fmri import train as BT
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "configs")
 
 
 def tiny_config(**synthetic):

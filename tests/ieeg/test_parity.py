@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch_reference as R  # noqa: E402
 
 from popt_jax.ieeg import (  # noqa: E402
@@ -415,7 +415,7 @@ def test_loading_without_torch(popt_ref, popt_ckpt, bb_ref, bb_ckpt, popt_inputs
         sys.exit(f"outputs differ: {{bad}}" if bad else 0)
     """)
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("JAX_PLATFORMS", "cpu")
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(tmp),

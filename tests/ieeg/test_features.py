@@ -19,7 +19,7 @@ from popt_jax.ieeg import preprocess as pp
 from popt_jax.ieeg.braintreebank import BrainTreebank, DataError, load_selection
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = models.BrainBERTConfig(hidden_dim=32, n_heads=1, ff_dim=64, n_layers=1)
 
 

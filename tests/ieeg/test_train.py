@@ -26,7 +26,7 @@ from popt_jax.core import checkpoints, jsonio, metrics, steps, tb_writer
 from popt_jax.core import mesh as mesh_lib
 from popt_jax.ieeg import layers, objectives, optim, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from popt_jax.core.torch_pickle import (
     save_safetensors,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- fixtures

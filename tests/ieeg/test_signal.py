@@ -27,7 +27,7 @@ FS = 2048
 def _load_reference():
     # The reference module imports torch at the top; the spectrogram part needs only numpy and
     # scipy, so load it with a stub when torch is absent.
-    path = pathlib.Path(__file__).with_name("torch_reference.py")
+    path = pathlib.Path(__file__).parents[1] / "torch_reference.py"
     spec = importlib.util.spec_from_file_location("_signal_reference", path)
     mod = importlib.util.module_from_spec(spec)
     try:

@@ -22,7 +22,7 @@ import torch_reference as ref  # noqa: E402  (tests/ is on sys.path via conftest
 
 from popt_jax.ieeg import convert  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "convert_weights.py")
 POPT_CFG = {"name": "pt_model_custom", "position_encoding": "multi_subj_position_encoding",
             "n_head": 4, "n_layers": 2, "hidden_dim": 64, "input_dim": 32,

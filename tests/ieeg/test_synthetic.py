@@ -19,7 +19,7 @@ from popt_jax.ieeg.braintreebank import BrainTreebank, laplacian_neighbours, loa
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 
 FS = 2048.0
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
