@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ class Checkpoints:
                                           keep_checkpoints_without_metrics=False),
         ])
         self._check_directory()
+        _silence_closed_loop_reports()
         # best_fn is set too: without it Orbax writes no metrics, and BestN sees none.
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(
@@ -78,11 +80,12 @@ class Checkpoints:
         except CheckpointError:
             raise
         except Exception as e:  # Orbax wraps write failures in various types
-            line = oserrors.describe(e, self.directory)
-            if line is None:
+            found = oserrors.os_failure(e)
+            if found is None:
                 raise
             self._failed = CheckpointError(
-                f"{line} (while {what} in {self.directory}; finished checkpoints are intact)")
+                f"{self.directory}: {oserrors.strerror(found[0])} (while {what}; finished "
+                "checkpoints are intact)")
             raise self._failed from None
 
     def _check_directory(self) -> None:
@@ -234,6 +237,29 @@ class _QuietOrbax(std_logging.Filter):
         message = record.getMessage().splitlines()
         record.msg, record.args = (message[0] if message else ""), None
         return True
+
+
+def _silence_closed_loop_reports() -> None:
+    """After a failed async save, tensorstore callbacks still pending report each of their
+    writes against Orbax's closed event loop through `sys.excepthook` (a traceback per write,
+    hundreds of lines). Those reports say nothing the save's own error does not; drop them."""
+    hook, unraisable = sys.excepthook, sys.unraisablehook
+    if getattr(hook, "_popt_jax_quiet", False):
+        return
+
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    def quiet(exc_type, exc, tb):
+        if not closed_loop(exc):
+            hook(exc_type, exc, tb)
+
+    def quiet_unraisable(info):
+        if not closed_loop(info.exc_value):
+            unraisable(info)
+
+    quiet._popt_jax_quiet = True
+    sys.excepthook, sys.unraisablehook = quiet, quiet_unraisable
 
 
 def quiet_orbax_logs() -> None:
