@@ -61,6 +61,7 @@ class Checkpoints:
         ])
         self._check_directory()
         _silence_closed_loop_reports()
+        quiet_orbax_logs()
         # best_fn is set too: without it Orbax writes no metrics, and BestN sees none.
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(
@@ -225,13 +226,24 @@ def read_meta(step_dir: Path) -> dict[str, Any] | None:
 class _QuietOrbax(std_logging.Filter):
     """Drops Orbax's INFO chatter (dozens of lines per checkpoint); warnings and errors pass
     as their first line only (a failed async save otherwise logs several tracebacks, which
-    `Checkpoints` reports as one line anyway)."""
+    `Checkpoints` reports as one line anyway); after `MAX_ERRORS` error lines the rest of
+    Orbax's errors are dropped (one failed save reports from every writer thread)."""
+
+    MAX_ERRORS = 3
+
+    def __init__(self):
+        super().__init__()
+        self.errors = 0
 
     def filter(self, record):
         if "/orbax/" not in record.pathname:
             return True
         if record.levelno < std_logging.WARNING:
             return False
+        if record.levelno >= std_logging.ERROR:
+            self.errors += 1
+            if self.errors > self.MAX_ERRORS:
+                return False
         if record.exc_info or record.exc_text:
             record.exc_info, record.exc_text = None, None
         message = record.getMessage().splitlines()
