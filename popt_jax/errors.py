@@ -53,3 +53,7 @@ class CheckpointError(UserError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint references a pickled global outside the allow-list."""
+
+
+class ConfigError(UserError):
+    """A config value that cannot work; the message is `config.<field>: <problem>`."""

@@ -4,6 +4,12 @@ The config's `job` field picks what runs; every job is one function of (config, 
 Errors caused by input (a bad file, a wrong path, a config value that cannot work) end the
 run with one `error:` line on stderr and exit code 2; set POPT_JAX_TRACEBACK=1 to see the
 full traceback instead.
+
+Before any work: the config is validated (`preflight`: every problem as
+`config.<field>: <problem>`), the workdir is created and locked (`core.workdir`: a second
+process on it is refused), and the run's inputs are recorded in / checked against
+`{workdir}/run_identity.json` (`core.run_identity`). Operating-system failures (a workdir
+that is a file, a read-only or full disk) end as `error: <path>: <errno meaning>`.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from popt_jax.core import mesh
+from popt_jax.core import oserrors, run_identity
+from popt_jax.core import workdir as workdir_lib
 from popt_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -61,6 +67,24 @@ def run_job(job: str, config, workdir: str):
     raise UserError(f"config.job: {job!r} is not one of {', '.join(JOB_NAMES)}")
 
 
+def preflight(job: str, config, workdir: str, *, check_inputs: bool) -> None:
+    """Validates `config` (always) and checks/records the run's inputs (`check_inputs`).
+
+    Jobs without a validator here run unchecked; a new job adds its family's entry.
+    """
+    if job in ("extract_features", "pretrain", "finetune"):
+        from popt_jax.ieeg import validate as family
+    elif job == "brain_encoder":
+        from popt_jax.fmri import validate as family
+    else:
+        return
+    if not check_inputs:
+        family.validate(job, config)
+        return
+    identity, resuming = family.run_inputs(job, config, workdir)
+    run_identity.check_or_record(workdir, identity, resuming=resuming)
+
+
 def _fail(message) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -80,17 +104,36 @@ def main(argv) -> None:
     if job not in JOB_NAMES:
         _fail(f"config.job: {job!r} is not one of {', '.join(JOB_NAMES)}")
     workdir = FLAGS.workdir or config.get("workdir") or os.path.join("runs", job)
+    lock = None
     try:
+        preflight(job, config, workdir, check_inputs=False)
+        import jax  # after the checks: a bad config fails fast, without starting JAX
+
+        from popt_jax.core import mesh
+
         # Multi-host set-up must come before anything touches a device (the log line does).
         mesh.maybe_initialize_distributed(config)
+        if jax.process_index() == 0:  # other processes share (or mirror) process 0's folder
+            lock = workdir_lib.claim(workdir)
+            preflight(job, config, workdir, check_inputs=True)
         logging.info("JAX %s, process %d/%d, local devices: %s", jax.__version__,
                      jax.process_index(), jax.process_count(), jax.local_devices())
         logging.info("job %s, workdir %s", job, os.path.abspath(workdir))
         run_job(job, config, workdir)
-    except (UserError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except UserError as e:
         if os.environ.get("POPT_JAX_TRACEBACK"):
             raise
         _fail(e)
+    except Exception as e:  # noqa: BLE001 - OS failures in any wrapping; others re-raised
+        line = oserrors.describe(e, workdir)  # the workdir when the error names no file
+        if line is None and isinstance(e, OSError):
+            line = " ".join(str(e).split())  # e.g. FileNotFoundError("feature store not found")
+        if line is None or os.environ.get("POPT_JAX_TRACEBACK"):
+            raise
+        _fail(line)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -106,6 +149,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
         # ml_collections raises these for `--config.no_such_field=1`, a value of the wrong
         # type or a config file that cannot be loaded.
         _fail(f"bad --config or --config.* override: {e}")
+    except SyntaxError as e:
+        _fail(f"{e.filename}:{e.lineno}: cannot load the --config file: SyntaxError: {e.msg}")
+    except Exception as e:  # noqa: BLE001 - a config file's get_config() may raise anything
+        _fail(f"cannot load the --config file: {_raised_where(e)}{type(e).__name__}: {e}")
+
+
+def _raised_where(exc: BaseException) -> str:
+    """`file:line: ` of the innermost frame outside popt_jax/absl/ml_collections."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not any(s in f.filename for s in ("/absl/", "/ml_collections/", "<frozen"))]
+    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
 
 
 if __name__ == "__main__":

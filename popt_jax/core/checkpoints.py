@@ -3,6 +3,13 @@
 Every trainer saves through `Checkpoints`: the latest N steps plus the best by a validation
 metric, the grain iterator position beside the weights (resume is bitwise), and a `meta`
 item naming the run (format, task, architecture) so a workdir of another run is refused.
+
+Failures surface promptly as one line: an OS failure while writing (disk full, read-only or
+vanished folder) raises `CheckpointError` naming the folder and the errno meaning at the next
+save/wait/close, and the manager is then closed without waiting on the failed save. Finished
+steps are untouched (Orbax writes each step to a temporary folder and renames it when
+complete; leftovers of a failed step are removed at the next start). A best metric that is
+undefined (NaN, e.g. ROC-AUC of a single-class split) never wins the best-step selection.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from popt_jax.errors import TrainingError
+from popt_jax.core import oserrors
+from popt_jax.errors import CheckpointError, TrainingError
 
 
 class Checkpoints:
@@ -39,7 +48,11 @@ class Checkpoints:
 
         def metric_fn(metrics):
             # Ties go to the earliest step (upstream replaces its best only on a strict gain).
-            return sign * float(metrics[best_metric]) - 1e-9 * float(metrics.get("step", 0))
+            # An undefined metric ranks below every defined one (never "best" by NaN).
+            value = float(metrics.get(best_metric, np.nan))
+            if not np.isfinite(value):
+                return -1e30
+            return sign * value - 1e-9 * float(metrics.get("step", 0))
 
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(keep),
@@ -47,11 +60,34 @@ class Checkpoints:
                                           keep_checkpoints_without_metrics=False),
         ])
         self._check_directory()
+        _silence_closed_loop_reports()
+        quiet_orbax_logs()
         # best_fn is set too: without it Orbax writes no metrics, and BestN sees none.
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(
                 preservation_policy=policy, best_fn=metric_fn, best_mode="max", create=True,
-                enable_async_checkpointing=True))
+                cleanup_tmp_directories=True, enable_async_checkpointing=True,
+                async_options=ocp.AsyncOptions(timeout_secs=600)))
+        self._failed: BaseException | None = None
+        self.best_reason = ""
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        """Runs a manager call; an OS failure (also from an earlier async save) becomes one
+        `CheckpointError` line naming the folder, and later calls no longer wait on it."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return fn(*args, **kwargs)
+        except CheckpointError:
+            raise
+        except Exception as e:  # Orbax wraps write failures in various types
+            found = oserrors.os_failure(e)
+            if found is None:
+                raise
+            self._failed = CheckpointError(
+                f"{self.directory}: {oserrors.strerror(found[0])} (while {what}; finished "
+                "checkpoints are intact)")
+            raise self._failed from None
 
     def _check_directory(self) -> None:
         if not self.directory.exists():
@@ -74,18 +110,36 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The saved step with the best `best_metric`; the latest if none has metrics."""
+        """The saved step with the best finite `best_metric`.
+
+        If no step has one (e.g. ROC-AUC undefined on a single-class validation split), the
+        lowest validation `loss`, else the latest; `best_reason` says which rule chose.
+        """
+        best = self._best_by(self.best_metric, self.best_mode)
+        self.best_reason = f"best valid {self.best_metric}"
+        if best is None and self.best_metric != "loss":
+            best = self._best_by("loss", "min")
+            if best is not None:
+                self.best_reason = (f"valid {self.best_metric} undefined at every saved step; "
+                                    "chosen by the lowest valid loss")
+                std_logging.getLogger("absl").warning("%s: %s", self.directory,
+                                                      self.best_reason)
+        if best is None:
+            self.best_reason = "no saved step has a finite validation metric; the latest step"
+            return self.latest_step()
+        return best
+
+    def _best_by(self, metric: str, mode: str) -> int | None:
         best, best_val = None, None
         for step in sorted(self.manager.all_steps()):  # ties: the earliest, as upstream
             m = self.manager.metrics(step)
-            if not m or self.best_metric not in m or not np.isfinite(m[self.best_metric]):
+            if not m or m.get(metric) is None or not np.isfinite(m[metric]):
                 continue
-            v = float(m[self.best_metric])
-            better = best_val is None or (v > best_val if self.best_mode == "max"
-                                          else v < best_val)
+            v = float(m[metric])
+            better = best_val is None or (v > best_val if mode == "max" else v < best_val)
             if better:
                 best, best_val = step, v
-        return best if best is not None else self.latest_step()
+        return best
 
     def save(self, step: int, params, opt_state, progress: dict[str, Any], data_iter=None,
              metrics: dict[str, float] | None = None) -> None:
@@ -104,7 +158,8 @@ class Checkpoints:
                 progress = {**progress, "data_state": data_iter.get_state()}
                 items["progress"] = ocp.args.JsonSave(progress)
         metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "step": step}
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+        self._guard("writing a checkpoint", self.manager.save, step,
+                    args=ocp.args.Composite(**items), metrics=metrics)
 
     def restore(self, step: int, params, opt_state=None, data_iter=None):
         """Restores into the shardings/dtypes of the given (abstract or concrete) trees."""
@@ -126,11 +181,26 @@ class Checkpoints:
         return out
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._guard("writing a checkpoint", self.manager.wait_until_finished)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        if self._failed is None:
+            try:
+                self.wait()
+            finally:
+                if self._failed is not None:
+                    self._close_quietly()
+            self.manager.close()
+        else:
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        # After a failed save the manager would re-raise (or wait on) it; the error is
+        # already on its way to the user.
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 - the first failure is the one reported
+            pass
 
 
 def _is_grain(it) -> bool:
@@ -154,10 +224,54 @@ def read_meta(step_dir: Path) -> dict[str, Any] | None:
 
 
 class _QuietOrbax(std_logging.Filter):
-    """Drops Orbax's INFO chatter (dozens of lines per checkpoint); warnings still pass."""
+    """Drops Orbax's INFO chatter (dozens of lines per checkpoint); warnings and errors pass
+    as their first line only (a failed async save otherwise logs several tracebacks, which
+    `Checkpoints` reports as one line anyway); after `MAX_ERRORS` error lines the rest of
+    Orbax's errors are dropped (one failed save reports from every writer thread)."""
+
+    MAX_ERRORS = 3
+
+    def __init__(self):
+        super().__init__()
+        self.errors = 0
 
     def filter(self, record):
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if "/orbax/" not in record.pathname:
+            return True
+        if record.levelno < std_logging.WARNING:
+            return False
+        if record.levelno >= std_logging.ERROR:
+            self.errors += 1
+            if self.errors > self.MAX_ERRORS:
+                return False
+        if record.exc_info or record.exc_text:
+            record.exc_info, record.exc_text = None, None
+        message = record.getMessage().splitlines()
+        record.msg, record.args = (message[0] if message else ""), None
+        return True
+
+
+def _silence_closed_loop_reports() -> None:
+    """After a failed async save, tensorstore callbacks still pending report each of their
+    writes against Orbax's closed event loop through `sys.excepthook` (a traceback per write,
+    hundreds of lines). Those reports say nothing the save's own error does not; drop them."""
+    hook, unraisable = sys.excepthook, sys.unraisablehook
+    if getattr(hook, "_popt_jax_quiet", False):
+        return
+
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    def quiet(exc_type, exc, tb):
+        if not closed_loop(exc):
+            hook(exc_type, exc, tb)
+
+    def quiet_unraisable(info):
+        if not closed_loop(info.exc_value):
+            unraisable(info)
+
+    quiet._popt_jax_quiet = True
+    sys.excepthook, sys.unraisablehook = quiet, quiet_unraisable
 
 
 def quiet_orbax_logs() -> None:

@@ -15,6 +15,7 @@ import jax
 from absl import logging
 
 from popt_jax.core import tb_writer
+from popt_jax.core.jsonio import finite_or_null
 
 
 class Logs:
@@ -43,7 +44,9 @@ class Logs:
         if not self.main:
             return
         with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+            # NaN/inf (e.g. ROC-AUC of a single-class split) are written as null, not as scores.
+            f.write(json.dumps(finite_or_null({"step": step, "split": split, **values}))
+                    + "\n")
         self.tb.scalars(step, {f"{split}/{k}": v for k, v in values.items()})
 
     def progress(self, step: int, values: dict[str, float]) -> float:

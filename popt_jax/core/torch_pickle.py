@@ -13,6 +13,12 @@ tar format, quantized/sparse/meta tensors, tensor subclasses other than
 ``nn.Parameter``, pickled ``nn.Module`` objects, and structured (dataclass)
 omegaconf configs; all of these fail with a :class:`CheckpointError`.
 
+Memory is bounded by the file: every tensor's shape, stride and offset are checked
+against its storage before anything is allocated, and the bytes materialised (storages
+read plus tensors copied) may not exceed ``_BUDGET_FACTOR`` times the file size plus
+``_BUDGET_SLACK`` -- a few-MB file holding an expanded (stride-0) tensor of GBs is refused
+before the allocation, not after.
+
 Safetensors helpers are included so callers can convert once and then load
 without pickle at all.
 """
@@ -52,6 +58,10 @@ __all__ = [
 ]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# Materialised bytes allowed per file byte. Real checkpoints need ~1x (each storage read
+# once, each tensor copied once); tied weights and views add a little; 4x leaves room.
+_BUDGET_FACTOR = 4
+_BUDGET_SLACK = 16 << 20
 _LEGACY_PROTOCOL = 1001
 
 
@@ -62,6 +72,20 @@ def _one_line(text: str) -> str:
 
 class _Malformed(Exception):
     """Raised inside the unpickler; ``load_pth`` adds the file name."""
+
+
+class _Budget:
+    """Bytes a load may still allocate; refuses (before allocating) past the cap."""
+
+    def __init__(self, file_size: int):
+        self.left = _BUDGET_FACTOR * int(file_size) + _BUDGET_SLACK
+        self.cap = self.left
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise _Malformed(f"{what} would need {nbytes:,} bytes, over the {self.cap:,}-byte "
+                             "limit for a file of this size (an expanded or forged tensor?)")
+        self.left -= nbytes
 
 
 # --------------------------------------------------------------------------- dtypes
@@ -314,7 +338,8 @@ def _typed_storage(raw: bytes, dtype: np.dtype, big_endian: bool, what: str) -> 
     return arr
 
 
-def _materialize(t: _PendingTensor, storage: np.ndarray, what: str) -> np.ndarray:
+def _materialize(t: _PendingTensor, storage: np.ndarray, what: str,
+                 budget: _Budget | None = None) -> np.ndarray:
     if t.storage.view is not None:
         start, length = t.storage.view
         storage = storage[start:start + length]
@@ -326,6 +351,9 @@ def _materialize(t: _PendingTensor, storage: np.ndarray, what: str) -> np.ndarra
     if needed > storage.size:
         raise _Malformed(f"{what} holds {storage.size} elements but a tensor of shape "
                          f"{t.size} (offset {t.offset}, stride {t.stride}) needs {needed}")
+    if budget is not None:
+        budget.take(int(np.prod(t.size, dtype=object)) * t.dtype.itemsize,
+                    f"tensor of shape {t.size} on {what}")
     view = np.lib.stride_tricks.as_strided(
         storage[t.offset:], shape=t.size,
         strides=[s * t.dtype.itemsize for s in t.stride], writeable=False)
@@ -389,9 +417,12 @@ def _load_zip(path: str) -> Any:
         prefix = pkl[0][: -len("data.pkl")]
         big = (prefix + "byteorder" in names
                and archive.read(prefix + "byteorder").strip() == b"big")
+        budget = _Budget(os.path.getsize(path))
+        budget.take(archive.getinfo(pkl[0]).file_size, "data.pkl")
         unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), path)
         result = unpickler.load()
         cache: dict[tuple[str, str], np.ndarray] = {}
+        read: set[str] = set()
 
         def tensor(t: _PendingTensor) -> np.ndarray:
             record = f"{prefix}data/{t.storage.key}"
@@ -399,9 +430,12 @@ def _load_zip(path: str) -> Any:
             if (record, t.dtype.str) not in cache:
                 if record not in names:
                     raise _Malformed(f"storage record {record!r} referenced by data.pkl is missing")
+                if record not in read:  # the declared size, checked before decompressing
+                    budget.take(archive.getinfo(record).file_size, f"storage {record!r}")
+                    read.add(record)
                 cache[record, t.dtype.str] = _typed_storage(
                     archive.read(record), t.dtype, big, f"storage {record!r}")
-            return _materialize(t, cache[record, t.dtype.str], f"storage {record!r}")
+            return _materialize(t, cache[record, t.dtype.str], f"storage {record!r}", budget)
 
         return _finalize(result, tensor, {})
 
@@ -410,6 +444,7 @@ def _load_legacy(path: str, blob: bytes) -> Any:
     # Decode from memory: a file object would let a bogus length field make the
     # unpickler allocate that many bytes before noticing the data is short.
     f, view = io.BytesIO(blob), memoryview(blob)
+    budget = _Budget(len(blob))
     header = _RestrictedUnpickler(f, path)
     try:
         magic = header.load()
@@ -442,7 +477,8 @@ def _load_legacy(path: str, blob: bytes) -> Any:
         what = f"legacy storage {t.storage.key!r}"
         if t.storage.key not in data:
             raise _Malformed(f"{what} is missing")
-        return _materialize(t, _typed_storage(data[t.storage.key], t.dtype, False, what), what)
+        return _materialize(t, _typed_storage(data[t.storage.key], t.dtype, False, what), what,
+                            budget)
 
     return _finalize(result, tensor, {})
 

@@ -259,6 +259,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
             "test": test, "steps": state.step, "train_seconds": round(state.train_seconds, 3),
             "model": dataclasses.asdict(popt_cfg), "workdir": str(workdir.absolute()),
             "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+            "best_rule": ckpts.best_reason,  # how best_step was chosen
             **{k: np.asarray(v).tolist() for k, v in extras.items()}}
         if task == PRETRAIN and jax.process_index() == 0:
             _export(nnx.merge(parts.graphdef, jax.device_get(best_params), parts.rngs,
@@ -368,6 +369,10 @@ class StoreData:
                 raise TrainingError(f"the {task} {name} split has {len(src)} examples, fewer "
                                     f"than the {n_proc} processes; use more data or other "
                                     "split fractions")
+        if task == FINETUNE:  # ROC-AUC is undefined on a single-class split: say so now
+            from popt_jax.ieeg.validate import warn_single_class
+
+            warn_single_class(self.sources, str(config.task))
         first = self.sources["train"][0]
         self.input_dim = int(np.shape(first["a" if task == PRETRAIN else "x"])[-1])
         logging.info("%s data from %s: %s examples", task, store,

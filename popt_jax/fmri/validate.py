@@ -1,0 +1,96 @@
+"""Checks of the brain-encoder job's config and inputs, run by `popt_jax.main` first.
+
+* `validate(job, config)`: every field of `configs/brain_encoder.py` against its allowed
+  values; one `ConfigError` line listing each `config.<field>: <problem>`.
+* `run_inputs(job, config, workdir)`: the run's identity (data root or the synthetic
+  subject's settings, NSD subject, backbone checkpoint hash, feature kind/block, split seed
+  and fraction) and whether the workdir holds checkpoints to resume; `core.run_identity`
+  records it or refuses a resume on other inputs (e.g. another data root).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from popt_jax.core.run_identity import file_fingerprint, has_checkpoints
+from popt_jax.core.validate import Checks
+
+READOUTS = ("rois_all", "hemis", "voxels")
+EXPECT = ("", "vits14", "vitb14", "vitl14")
+
+
+def check_brain_encoder(c: Checks) -> None:
+    c.integer("seed", required=True)
+    c.integer("subject", min_value=1, max_value=8, required=True)
+    c.non_negative_int("num_devices")
+    c.existing_path("data.root", "dir")
+    if not c.get("data.root", ""):
+        s = "data.synthetic."
+        for f in ("n_train", "image_size", "lh_vertices", "rh_vertices"):
+            c.positive_int(s + f)
+        c.non_negative_int(s + "n_test")
+        c.positive(s + "snr_min")
+        c.positive(s + "snr_max")
+        lo, hi = c.get(s + "snr_min", 0), c.get(s + "snr_max", 0)
+        c.rule(not all(isinstance(x, (int, float)) for x in (lo, hi)) or lo <= hi,
+               s + "snr_max", f"must be >= snr_min ({lo}), got {hi}")
+    c.existing_path("backbone_checkpoint")
+    c.choice("backbone.expect", EXPECT)
+    if not c.get("backbone_checkpoint", ""):
+        for f in ("patch_size", "embed_dim", "depth", "num_heads", "pretrain_grid"):
+            c.positive_int(f"backbone.{f}")
+        c.positive("backbone.mlp_ratio")
+        c.divisible("backbone.embed_dim", "backbone.num_heads")
+        c.divisible("backbone.embed_dim", "model.n_heads")
+        dim = c.get("backbone.embed_dim", 0)
+        c.rule(not isinstance(dim, int) or dim % 2 == 0, "backbone.embed_dim",
+               f"must be even (half per axis for the decoder's position code), got {dim}")
+    c.choice("features.kind", ("dinov2_q", "dinov2"))
+    c.integer("features.block")
+    c.positive_int("features.batch_size")
+    c.choice("features.compute_dtype", ("float32", "bfloat16"))
+    c.positive("features.max_memory_gb")
+    c.choice("model.readout", READOUTS)
+    c.positive_int("model.n_heads")
+    c.positive_int("model.ff_dim")
+    c.fraction("model.dropout", open_low=False)
+    t = "train."
+    c.positive(t + "lr")
+    c.non_negative(t + "weight_decay")
+    for f in ("batch_size", "epochs", "lr_drop", "log_every", "keep_checkpoints"):
+        c.positive_int(t + f)
+    c.non_negative(t + "grad_clip")
+    c.fraction(t + "lr_gamma", open_high=False)
+    c.fraction(t + "val_fraction")
+    c.positive_int("eval.batch_size")
+    c.choice("eval.ridge_features", ("pooled", "flat"))
+    c.choice("eval.attention_hemi", ("lh", "rh"))
+    c.non_negative_int("eval.n_attention_images")
+
+
+def validate(job: str, config) -> None:
+    """Raises one `ConfigError` naming every invalid field of the brain-encoder config."""
+    c = Checks(config)
+    check_brain_encoder(c)
+    c.done()
+
+
+def run_inputs(job: str, config, workdir: str | Path) -> tuple[dict[str, Any], bool]:
+    """(identity, resuming) of a brain-encoder run in `workdir`."""
+    root = config.data.get("root") or ""
+    synthetic = config.data.get("synthetic")
+    ckpt = config.get("backbone_checkpoint") or ""
+    identity = {
+        "job": job,
+        "data_root": (str(Path(root).absolute()) if root else {"synthetic": json.loads(
+            json.dumps(synthetic.to_dict() if hasattr(synthetic, "to_dict")
+                       else dict(synthetic or {})))}),
+        "subject": config.get("subject"),
+        "backbone": file_fingerprint(ckpt) if ckpt else "random stand-in (config.backbone)",
+        "features": {"kind": config.features.get("kind"),
+                     "block": config.features.get("block")},
+        "split": {"seed": config.get("seed"), "val_fraction": config.train.get("val_fraction")},
+    }
+    return identity, has_checkpoints(Path(workdir) / "checkpoints")

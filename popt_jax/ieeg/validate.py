@@ -1,0 +1,272 @@
+"""Checks of the sEEG jobs' configs and inputs, run by `popt_jax.main` before any work.
+
+* `validate(job, config)`: every field of `extract_features`, `pretrain` and `finetune`
+  configs (and their nested `features` / `pretrain` sections) against its allowed values;
+  one `ConfigError` line listing each `config.<field>: <problem>`.
+* `run_inputs(job, config, workdir)`: the run's identity (feature store fingerprint,
+  checkpoint hashes, data root, electrode selection, split settings) and whether the workdir
+  already holds work to resume; `core.run_identity` records or compares it.
+* `store_fingerprint(store)`: the files of a feature store must agree (BrainBERT weights,
+  preprocessing, sampling, window and embedding sizes), or a `DataError` names the file.
+* `warn_single_class(sources, task)`: a decoding split with one class makes ROC-AUC
+  undefined; warned at split time, naming the split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from absl import logging
+
+from popt_jax.core.run_identity import file_fingerprint, has_checkpoints
+from popt_jax.core.validate import Checks
+from popt_jax.errors import DataError
+
+TASKS = ("volume", "pitch", "sentence_onset", "word_onset")
+_STORE_KEYS = ("format", "checkpoint_hash", "fs", "window_samples", "hidden_dim")
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def check_extract(c: Checks) -> None:
+    """Fields of `configs/extract_features.py` (the section `c` points at)."""
+    from popt_jax.ieeg.feature_store import DEFAULT_TASKS
+
+    c.integer("seed", required=True)
+    c.existing_path("data.root", "dir")
+    c.existing_path("data.selection", "file")
+    c.existing_path("brainbert_checkpoint", "file")
+    if not c.get("data.root", ""):  # the synthetic tree is written from these
+        for f in ("n_subjects", "trials_per_subject", "n_shafts"):
+            c.positive_int(f"data.synthetic.{f}")
+        c.positive("data.synthetic.duration_s")
+        contacts = c.get("data.synthetic.contacts", None)
+        c.rule(contacts is None or (len(contacts) == 2 and all(
+            isinstance(x, int) and x >= 3 for x in contacts) and contacts[0] <= contacts[1]),
+            "data.synthetic.contacts", f"must be (min, max) contacts with 3 <= min <= max, "
+            f"got {contacts!r}")
+    p = "preprocess."
+    c.positive(p + "fs")
+    c.positive(p + "notch_q")
+    c.positive_int(p + "band_order")
+    band = c.get(p + "band", None)
+    fs = c.get(p + "fs", None)
+    c.rule(band is None or (len(band) == 2 and 0 < band[0] < band[1]
+                            and (not isinstance(fs, (int, float)) or band[1] < fs / 2)),
+           p + "band", f"must be (low, high) with 0 < low < high < fs/2, got {band!r}")
+    c.choice(p + "rereference", ("laplacian", "car", "none"))
+    c.choice(p + "on_missing_neighbours", ("error", "skip"))
+    c.choice(p + "neighbour_filtering", ("upstream", "time"))
+    for f in ("window_s", "separation_s", "interval_s"):
+        c.positive(p + f)
+    c.positive_int(p + "chunk")
+    for f in ("hidden_dim", "n_heads", "ff_dim", "n_layers"):
+        c.positive_int(f"brainbert.{f}")
+    c.divisible("brainbert.hidden_dim", "brainbert.n_heads")
+    c.subset("tasks", DEFAULT_TASKS)
+    c.choice("compute_dtype", ("float32", "bfloat16"))
+    c.choice("storage_dtype", ("float32", "float16"))
+    c.positive_int("batch_windows")
+    c.positive_int("chunk", allow=(None,))
+    c.integer("max_windows", min_value=1, allow=(None, -1))
+    c.non_negative("progress_every_s")
+
+
+def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
+    """Fields of `configs/pretrain.py` / `configs/finetune.py` (task 'pretrain'/'finetune').
+
+    `store_given`: the section's feature store comes from its parent run (the pretraining
+    section of a fine-tuning config), so its own `features*` fields are not used.
+    """
+    c.integer("seed", required=True)
+    for f in ("total_steps", "batch_size", "log_every", "keep_checkpoints"):
+        c.positive_int(f, required=f in ("total_steps", "batch_size"))
+    for f in ("eval_batch_size", "eval_every", "stop_after_steps", "num_devices"):
+        c.non_negative_int(f)
+    c.positive("lr")
+    c.non_negative("weight_decay")
+    c.non_negative("grad_clip")
+    c.fraction("warmup", open_low=False)
+    c.fraction("gamma", open_high=False)
+    c.positive("body_lr_scale")
+    c.positive("lamb_clamp_value")
+    c.choice("optimizer", ("lamb", "adamw"))
+    c.choice("compute_dtype", ("float32", "bfloat16"))
+    c.choice("rng_impl", ("rbg", "unsafe_rbg", "threefry2x32"))
+    d = "data."
+    c.choice(d + "split", ("time_blocked", "random"))
+    c.fraction(d + "val_fraction")
+    c.fraction(d + "test_fraction")
+    val, test = c.get(d + "val_fraction", 0), c.get(d + "test_fraction", 0)
+    c.rule(not all(isinstance(x, (int, float)) for x in (val, test)) or val + test < 1,
+           d + "test_fraction", f"val_fraction + test_fraction must be < 1, got {val} + {test}")
+    c.positive_int(d + "time_blocks")
+    c.fraction(d + "replace_p", open_low=False)
+    c.non_negative(d + "coord_jitter")
+    c.non_negative_int(d + "num_workers")
+    buckets = c.get(d + "buckets", None)
+    c.rule(buckets is None or (len(buckets) > 0 and all(
+        isinstance(b, int) and b > 0 for b in buckets) and list(buckets) == sorted(set(buckets))),
+        d + "buckets", f"must be increasing positive token lengths, got {buckets!r}")
+    c.existing_path(d + "selection", "file")
+    m = "model."
+    for f in ("hidden_dim", "n_heads", "ff_dim", "n_layers", "max_len"):
+        c.positive_int(m + f)
+    c.divisible(m + "hidden_dim", m + "n_heads")
+    c.fraction(m + "dropout", open_low=False)
+    if store_given:
+        return
+    c.existing_path("features_dir", "dir")
+    if task == "finetune":
+        c.choice("task", TASKS, required=True)
+        subject = c.get(d + "subject", "")
+        c.rule(isinstance(subject, (int, str)) and str(subject) != "", d + "subject",
+               f"must name a subject such as 'sub_1', got {subject!r}")
+        c.existing_path("init_checkpoint")
+    if not c.get("features_dir", "") and c.get("features", None) is not None:
+        sub = Checks(c.get("features"), f"{c.prefix}.features")
+        check_extract(sub)
+        c.problems += sub.problems
+    if task == "finetune" and not c.get("init_checkpoint", "") and c.get("pretrain", None):
+        sub = Checks(c.get("pretrain"), f"{c.prefix}.pretrain")
+        check_train(sub, "pretrain", store_given=True)
+        c.problems += sub.problems
+
+
+def validate(job: str, config) -> None:
+    """Raises one `ConfigError` naming every invalid field of an sEEG job's config."""
+    c = Checks(config)
+    if job == "extract_features":
+        check_extract(c)
+    else:
+        check_train(c, job)
+    c.done()
+
+
+# --------------------------------------------------------------------------- run inputs
+
+
+def store_fingerprint(store: str | Path, subjects=None) -> dict[str, Any]:
+    """What a feature store was made from, after checking that its files agree.
+
+    Every file (of `subjects`, default all) must share the BrainBERT checkpoint hash, the
+    preprocessing config, fs, window length and embedding width, and every embeddings
+    dataset must be [*, n_electrodes, hidden_dim]; otherwise a `DataError` names the file
+    and what differs from the first one.
+    """
+    from popt_jax.ieeg.braintreebank import subject_id
+    from popt_jax.ieeg.feature_store import _NOT_FINGERPRINTED, read_attrs
+
+    store = Path(store)
+    wanted = {subject_id(s) for s in subjects} if subjects else None
+    files: dict[str, Any] = {}
+    first: tuple[Path, dict[str, Any]] | None = None
+    for path in sorted(store.glob("sub_*_trial*.h5")):
+        attrs = read_attrs(path)
+        if wanted is not None and attrs.get("subject") not in wanted:
+            continue
+        shared = {k: attrs.get(k) for k in _STORE_KEYS}
+        shared["preprocess_config"] = {k: v for k, v in attrs["preprocess_config"].items()
+                                       if k not in _NOT_FINGERPRINTED}
+        if first is None:
+            first = (path, shared)
+        else:
+            diff = [k for k in shared if shared[k] != first[1][k]]
+            if diff:
+                raise DataError(path, "written with other settings than "
+                                f"{first[0].name} in the same feature store ("
+                                + ", ".join(f"{k}: {_short(shared[k])} vs {_short(first[1][k])}"
+                                            for k in diff)
+                                + "); re-extract the store with one config")
+        n_e, dim = len(attrs["electrode_names"]), int(attrs["hidden_dim"])
+        with h5py.File(path, "r") as f:
+            for name in ("pretrain/embeddings", "windows/embeddings"):
+                if name in f and tuple(f[name].shape[1:]) != (n_e, dim):
+                    raise DataError(path, f"{name} has shape {f[name].shape}, but the file "
+                                    f"lists {n_e} electrodes of width {dim}")
+        files[path.name] = {"subject": attrs["subject"], "electrodes": n_e,
+                            "n_samples": int(attrs["n_samples"]), "groups": attrs["groups"],
+                            "extraction": attrs.get("extraction")}
+    if first is None:
+        raise DataError(store, "no feature files (sub_*_trial*.h5) for the requested subjects")
+    return {**first[1], "files": files}
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _cfg(section) -> Any:
+    if section is None:
+        return None
+    return json.loads(json.dumps(section.to_dict() if hasattr(section, "to_dict")
+                                 else dict(section), default=list))
+
+
+def extract_identity(config) -> dict[str, Any]:
+    """Data root, electrode selection and BrainBERT of an extraction config."""
+    d = config.data
+    root = d.get("root") or ""
+    ckpt = config.get("brainbert_checkpoint") or ""
+    return {
+        "data_root": str(Path(root).absolute()) if root else {"synthetic": _cfg(d.synthetic)},
+        "selection": file_fingerprint(d.selection) if d.get("selection") else "default",
+        "subjects": list(d.get("subjects") or []),
+        "brainbert": (file_fingerprint(ckpt) if ckpt else
+                      {"random": _cfg(config.get("brainbert")), "seed": config.get("seed")}),
+    }
+
+
+def run_inputs(job: str, config, workdir: str | Path) -> tuple[dict[str, Any], bool]:
+    """(identity, resuming) of an sEEG job in `workdir` (see the module docstring)."""
+    workdir = Path(workdir)
+    if job == "extract_features":
+        identity = {"job": job, **extract_identity(config)}
+        return identity, any((workdir / "features").glob("*.h5"))
+    d = config.data
+    identity: dict[str, Any] = {"job": job, "seed": config.get("seed")}
+    if config.get("features_dir"):
+        subjects = [d.subject] if job == "finetune" else list(d.get("subjects") or [])
+        identity["features"] = store_fingerprint(config.features_dir, subjects or None)
+    else:
+        identity["features"] = {"extracted_in_workdir": extract_identity(config.features)}
+    identity["selection"] = file_fingerprint(d.selection) if d.get("selection") else "all"
+    identity["split"] = {k: d.get(k) for k in ("split", "val_fraction", "test_fraction",
+                                                "time_blocks")}
+    if job == "pretrain":
+        identity["subjects"] = list(d.get("subjects") or [])
+    else:
+        identity["task"], identity["subject"] = config.get("task"), d.get("subject")
+        init = config.get("init_checkpoint") or ""
+        identity["init_checkpoint"] = (file_fingerprint(init) if init
+                                       else "pretrained in {workdir}/pretrain")
+    resuming = (has_checkpoints(workdir / "checkpoints")
+                or has_checkpoints(workdir / "pretrain" / "checkpoints"))
+    return identity, resuming
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def warn_single_class(sources: dict[str, Any], task: str) -> list[str]:
+    """Warns about (and returns) the splits whose labels hold a single class."""
+    bad = []
+    for name, src in sources.items():
+        labels = getattr(src, "labels", None)
+        if labels is None or not len(labels):
+            continue
+        classes = np.unique(np.asarray(labels))
+        if len(classes) < 2:
+            bad.append(name)
+            logging.warning(
+                "the %s split of '%s' has a single class (all %s, %d examples): ROC-AUC is "
+                "undefined there%s", name, task, classes[0], len(labels),
+                "; the best checkpoint is chosen by validation loss instead" if name == "val"
+                else " and is reported as null")
+    return bad
