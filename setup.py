@@ -33,6 +33,9 @@ setup(
     extras_require={
         # torch is only needed for the parity tests and the optional PyTorch export check.
         "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff"],
+        # NVIDIA GPUs (jax 0.10 publishes both CUDA extras): driver >= 525 -> cuda12,
+        # a CUDA 13 driver (>= 580) can also take jax[cuda13].
         "gpu": ["jax[cuda12]"],
+        "gpu-cuda13": ["jax[cuda13]"],
     },
 )

@@ -39,8 +39,7 @@ from flax import nnx
 from popt_jax import ieeg as models
 from popt_jax.core import mesh as mesh_lib
 from popt_jax.core import steps
-from popt_jax.ieeg import datasets as ds
-from popt_jax.ieeg import extract, objectives, optim
+from popt_jax.ieeg import objectives, optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,10 +93,37 @@ def _config(total_steps: int = 1000):
 
 def loader_batches(features: Path, batch: int, n: int, group: int) -> list[dict]:
     """The first `n` training batches of the real pipeline (grouped by length if `group`)."""
+    from popt_jax.ieeg import datasets as ds
+
     src = ds.PretrainSource(features, "train", ds.PretrainConfig(split_mode="random", val_frac=0.1))
     kw = dict(group_by_length=group, buckets=ds.PRETRAIN_BUCKETS) if group else {}
     it = iter(ds.make_dataset(src, batch_size=batch, train=True, seed=0, **kw))
     return [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(n)]
+
+
+def save_batches(path: str, plain: list[dict], grouped: list[dict]) -> None:
+    arrays = {f"{which}{i}/{k}": v for which, bs in (("plain", plain), ("grouped", grouped))
+              for i, b in enumerate(bs) for k, v in b.items() if k != "x"}
+    arrays.update({f"{which}{i}/x_shape": np.asarray(b["x"].shape)
+                   for which, bs in (("plain", plain), ("grouped", grouped))
+                   for i, b in enumerate(bs)})
+    np.savez_compressed(path, **arrays)
+
+
+def load_batches(path: str) -> tuple[list[dict], list[dict]]:
+    """Batches from `save_batches`; x is redrawn (standard normal, zero at padding)."""
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[int, dict]] = {"plain": {}, "grouped": {}}
+    with np.load(path) as f:
+        for name in f.files:
+            head, key = name.split("/")
+            which = "grouped" if head.startswith("grouped") else "plain"
+            out[which].setdefault(int(head[len(which):]), {})[key] = f[name]
+    for bs in out.values():
+        for b in bs.values():
+            x = rng.standard_normal(tuple(b.pop("x_shape")), dtype=np.float32)
+            b["x"] = np.where(b["pad_mask"][..., None], 0, x).astype(np.float32)
+    return tuple([bs[i] for i in sorted(bs)] for bs in (out["plain"], out["grouped"]))
 
 
 def trim_to_longest(b: dict) -> dict:
@@ -194,6 +220,12 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="also time the bfloat16 step")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--loaders", default="default,grouped",
+                   help="which popt_jax loaders to time (comma list of default, grouped)")
+    p.add_argument("--save-batches", default="",
+                   help="write the loader batches (all but x: its values do not matter for "
+                   "timing) to this .npz, e.g. to time them where grain is not installed")
+    p.add_argument("--load-batches", default="", help="time batches saved by --save-batches")
     p.add_argument("--tiny", action="store_true",
                    help="seconds: hidden 32, 1 layer, input 16, batch 8, 10 electrodes (one "
                    "shape to compile per loader), 2 batches, 1 repeat")
@@ -211,12 +243,19 @@ def main(argv=None) -> None:
     print(f"PopT hidden {args.hidden}, {args.layers} layers, {args.heads} heads, ff {args.ff}, "
           f"input {args.input_dim}; batch {args.batch}; {n} loader batches per pass; "
           f"grouping window {args.group} batches")
-    with tempfile.TemporaryDirectory() as tmp:
-        extract.write_random_features(Path(tmp), n_electrodes=args.electrodes,
-                                      n_windows=max(64, 2 * n * args.batch),
-                                      hidden_dim=args.input_dim, n_task=4)
-        plain = loader_batches(Path(tmp), args.batch, n, 0)
-        grouped = loader_batches(Path(tmp), args.batch, n, args.group)
+    if args.load_batches:
+        plain, grouped = load_batches(args.load_batches)
+    else:
+        from popt_jax.ieeg import extract
+
+        with tempfile.TemporaryDirectory() as tmp:
+            extract.write_random_features(Path(tmp), n_electrodes=args.electrodes,
+                                          n_windows=max(64, 2 * n * args.batch),
+                                          hidden_dim=args.input_dim, n_task=4)
+            plain = loader_batches(Path(tmp), args.batch, n, 0)
+            grouped = loader_batches(Path(tmp), args.batch, n, args.group)
+    if args.save_batches:
+        save_batches(args.save_batches, plain, grouped)
     same = sorted(np.concatenate([b["index"] for b in plain]).tolist())
     assert same == sorted(np.concatenate([b["index"] for b in grouped]).tolist()), \
         "grouping changed the examples"
@@ -234,6 +273,8 @@ def main(argv=None) -> None:
     for dtype in [jnp.float32] + ([jnp.bfloat16] if args.bf16 else []):
         name = jnp.dtype(dtype).name
         for label, bs in (("default loader", plain), ("grouped loader", grouped)):
+            if label.split()[0] not in args.loaders.split(","):
+                continue
             rows[f"jax {name} {label}"] = t = time_jax(popt_cfg, bs, args.repeats, dtype)
             print(f"  jax {name} {label}: {ex / t:.2f} examples/s", flush=True)
     ref = rows["torch (upstream collate)"]
