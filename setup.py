@@ -36,7 +36,10 @@ setup(
                  "scikit-learn", "pandas", "mne", "mne-bids", "edfio", "pybv", "pynwb"],
         # Neuroprobe's own splits and labels (the package imports torch, pandas, sklearn).
         "neuroprobe": ["neuroprobe", "torch", "scikit-learn", "pandas"],
+        # NVIDIA GPUs (jax 0.10 publishes both CUDA extras): driver >= 525 -> cuda12,
+        # a CUDA 13 driver (>= 580) can also take jax[cuda13].
         "gpu": ["jax[cuda12]"],
+        "gpu-cuda13": ["jax[cuda13]"],
         # Your own recordings: BIDS-iEEG through mne-bids (EDF via edfio, BrainVision via
         # pybv), NWB through pynwb.
         "bids": ["mne", "mne-bids", "edfio", "pybv"],

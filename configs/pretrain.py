@@ -76,6 +76,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.replace_p = 0.1  # per-token replacement / kept-negative probability budget
     config.data.coord_jitter = 0.0  # std of N(0, s) added to coordinates (0 = off)
     config.data.buckets = (16, 32, 64, 128)  # token lengths batches are padded to
+    # Opt-in speed-up: >0 groups batches by length within windows of this many batches
+    # (same examples, reordered within a window; datasets.length_grouped_examples). Pair with
+    # data.buckets = datasets.PRETRAIN_BUCKETS (10, 20, ..., 100): no padding left.
+    config.data.group_by_length = 0
     config.data.num_workers = 0  # grain worker processes (0 = in-process)
 
     config.model = model_config("paper" if paper else "small")

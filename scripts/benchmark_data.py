@@ -1,6 +1,7 @@
 """Throughput of the PopT data path: feature-store batches vs upstream's layout, and extraction.
 
-    python scripts/benchmark_data.py                 # tiny defaults: ~1-2 min on 2 CPU cores
+    python scripts/benchmark_data.py                 # defaults: ~1-2 min on 2 CPU cores
+    python scripts/benchmark_data.py --tiny          # seconds (tests run it)
     python scripts/benchmark_data.py --windows 3000 --electrodes 120 --batches 100 --workers 8
 
 Prints:
@@ -82,6 +83,14 @@ def _upstream_rate(src: ds.PretrainSource, folder: Path, batch_size: int, batche
     need = np.resize(order, (batches + warm) * batch_size).tolist()  # epochs repeat
     pairs = {i: (int(src._win[i]), *src.pair(i)) for i in set(need)}  # (A, B, R, pair label)
     chunks = [need[k * batch_size:(k + 1) * batch_size] for k in range(batches + warm)]
+    if workers == 0:  # in this process, as grain with 0 workers
+        _upstream_init(str(folder), pairs, src.coords[0])
+        for c in chunks[:warm]:
+            _upstream_batch(c)
+        t0 = time.perf_counter()
+        for c in chunks[warm:]:
+            _upstream_batch(c)
+        return batches * batch_size / (time.perf_counter() - t0)
     ctx = mp.get_context("spawn")  # as grain's workers
     with ctx.Pool(workers, initializer=_upstream_init,
                   initargs=(str(folder), pairs, src.coords[0])) as pool:
@@ -104,7 +113,7 @@ def _embed_rate(model: models.BrainBERT, windows: int, electrodes: int, repeats:
     return repeats * windows * electrodes / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--windows", type=int, default=600, help="pretraining windows in the file")
     p.add_argument("--electrodes", type=int, default=60)
@@ -117,7 +126,13 @@ def main() -> None:
     p.add_argument("--full-windows", type=int, default=1,
                    help="windows embedded by the full-size BrainBERT (0 = skip)")
     p.add_argument("--skip-extract", action="store_true")
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds: 200 windows x 8 electrodes x 16, batches of 8, in-process, "
+                   "no extraction")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.windows, args.electrodes, args.hidden, args.batch_size = 200, 8, 16, 8
+        args.batches, args.workers, args.skip_extract = 4, 0, True
 
     print(f"devices: {jax.devices()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +166,7 @@ def main() -> None:
 
         bs, nb = args.batch_size, args.batches
         r0 = _feature_store_rate(src, bs, nb, 0)
-        rw = _feature_store_rate(src, bs, nb, args.workers)
+        rw = r0 if args.workers == 0 else _feature_store_rate(src, bs, nb, args.workers)
         ru = _upstream_rate(src, folder, bs, nb, args.workers)
         print(f"pretraining batches of {bs}, feature store + grain, 0 workers: "
               f"{r0:10.1f} examples/s")
@@ -159,7 +174,8 @@ def main() -> None:
               f"{rw:10.1f} examples/s")
         print(f"pretraining batches of {bs}, upstream .npy x3 per example, {args.workers} "
               f"workers: {ru:10.1f} examples/s")
-        print(f"ratio feature store / upstream ({args.workers} workers each): {rw / ru:.2f}x")
+        print(f"ratio vs reference: feature store / upstream .npy ({args.workers} workers "
+              f"each): {rw / ru:.2f}x")
 
         if args.skip_extract:
             return

@@ -1,26 +1,22 @@
-"""PopT pretraining-step throughput: popt_jax (float32, bfloat16) beside the PyTorch reference.
+"""PopT pretraining-step throughput on the batches the data loader really yields, vs PyTorch.
 
-    python scripts/benchmark_train.py                    # batch 32, the published PopT size
-    python scripts/benchmark_train.py --quick            # hidden 128, 2 layers, 2 repeats
+    python scripts/benchmark_train.py            # published PopT size, batch 32, 16 batches
+    python scripts/benchmark_train.py --tiny     # seconds: tiny model and store (tests run it)
 
-One step = forward (dropout on) + the pretraining loss (CLS BCE + token BCE) + backward +
-global-norm clipping (1.0) + LAMB, on the same batch in both frameworks:
-  * popt_jax: `train_lib.make_train_step` (one jitted function, donated state, LAMB with
-    torch_optimizer semantics), run twice: on the padded batch as given ("padded"), and with
-    token packing ("packed", what training uses: `train_lib.pack_spec` -> the per-token
-    layers see only real tokens, and the last layer's post-attention part only the rows the
-    loss reads (CLS + labelled tokens); same loss and gradients, see tests/test_train.py);
-  * PyTorch: `tests/torch_reference.RefPopT` + `TorchLamb` below (torch_optimizer.Lamb's
-    update rule, written out here) + `clip_grad_norm_`, on the padded batch (as upstream).
-Reported as examples/s (best of `--repeats` timed steps after a warm-up/compile step) with
-the JAX/torch ratio, for
-  * padded-to-max batches: every batch holds `--max-electrodes` tokens, example i has
-    k_i ~ U{10, 20, ..., max} real ones (the pretraining task's electrode subsets);
-  * bucketed batches: the data layer pads a batch only to its bucket edge (`--buckets`,
-    default the data layer's 16/32/64/128, assuming batches grouped by bucket); the figure is
-    the examples/s of the whole mix (each bucket timed on its own, weighted by frequency).
-The model FLOPs of a step (matmuls only, forward + backward = 3x forward, padded tokens
-included) over the step time give the achieved GFLOP/s.
+A feature store of random embeddings (`extract.write_random_features`, `--electrodes` >= 100
+so every subset size k in 10..100 occurs) feeds the grain pipeline of training
+(`datasets.make_dataset`, train=True). The same `--batches` batches' examples are timed as:
+  * "torch (upstream collate)": `tests/torch_reference.RefPopT` + LAMB (torch_optimizer's
+    rule) + clip_grad_norm_, each batch padded to its longest example (upstream's
+    pad_sequence collate), batches in the loader's (shuffled) order;
+  * "jax default loader": popt_jax's jitted step (`objectives.make_train_step`, token packing
+    from `objectives.pack_spec`) on the batches as the default loader builds them (padded to
+    the 16/32/64/128 buckets);
+  * "jax grouped loader": the same step on `make_dataset(group_by_length=W,
+    buckets=PRETRAIN_BUCKETS)`: the same examples (windows of W batches), grouped by length.
+`--batches` is rounded up to a multiple of W, so all three see exactly the same examples.
+One pass = every batch once (examples/s = examples / pass time); each distinct shape is
+compiled before timing; best of `--repeats` passes. The machine is shared: run it twice.
 """
 
 from __future__ import annotations
@@ -29,7 +25,9 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +40,6 @@ from popt_jax import ieeg as models
 from popt_jax.core import mesh as mesh_lib
 from popt_jax.core import steps
 from popt_jax.ieeg import objectives, optim
-from popt_jax.ieeg.datasets import DEFAULT_BUCKETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,27 +86,55 @@ class TorchLamb(torch.optim.Optimizer):
                 p.add_(update, alpha=-lr * trust)
 
 
-def make_batch(rng: np.random.Generator, batch: int, n_tokens: int, k: np.ndarray,
-               input_dim: int) -> dict[str, np.ndarray]:
-    """A pretraining batch padded to `n_tokens`; example i has k[i] real tokens."""
-    x = rng.standard_normal((batch, n_tokens, input_dim), dtype=np.float32)
-    pad = np.arange(n_tokens)[None] >= k[:, None]
-    seq = (np.arange(n_tokens)[None] >= (k[:, None] // 2)).astype(np.int32)
-    token_label = rng.choice([0, 1, 2], p=[0.9, 0.05, 0.05], size=(batch, n_tokens))
-    token_label = np.where(pad, 0, token_label).astype(np.int32)
-    return dict(x=np.where(pad[..., None], 0, x).astype(np.float32), pad_mask=pad,
-                coords=rng.integers(0, 200, (batch, n_tokens, 3)).astype(np.int32),
-                seq_id=np.where(pad, 0, seq).astype(np.int32),
-                cls_label=rng.integers(0, 2, batch).astype(np.int32), token_label=token_label)
-
-
-def _config(steps: int = 1000):
-    return ml_collections.ConfigDict(dict(optimizer="lamb", lr=5e-4, total_steps=steps,
+def _config(total_steps: int = 1000):
+    return ml_collections.ConfigDict(dict(optimizer="lamb", lr=5e-4, total_steps=total_steps,
                                           warmup=0.025, gamma=0.99, grad_clip=1.0))
 
 
-def time_jax(popt_cfg, batches, dtype, repeats: int, pack: bool) -> dict[str, float]:
-    """Best seconds per step of the jitted popt_jax step, per batch shape (dict)."""
+def loader_batches(features: Path, batch: int, n: int, group: int) -> list[dict]:
+    """The first `n` training batches of the real pipeline (grouped by length if `group`)."""
+    from popt_jax.ieeg import datasets as ds
+
+    src = ds.PretrainSource(features, "train", ds.PretrainConfig(split_mode="random", val_frac=0.1))
+    kw = dict(group_by_length=group, buckets=ds.PRETRAIN_BUCKETS) if group else {}
+    it = iter(ds.make_dataset(src, batch_size=batch, train=True, seed=0, **kw))
+    return [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(n)]
+
+
+def save_batches(path: str, plain: list[dict], grouped: list[dict]) -> None:
+    arrays = {f"{which}{i}/{k}": v for which, bs in (("plain", plain), ("grouped", grouped))
+              for i, b in enumerate(bs) for k, v in b.items() if k != "x"}
+    arrays.update({f"{which}{i}/x_shape": np.asarray(b["x"].shape)
+                   for which, bs in (("plain", plain), ("grouped", grouped))
+                   for i, b in enumerate(bs)})
+    np.savez_compressed(path, **arrays)
+
+
+def load_batches(path: str) -> tuple[list[dict], list[dict]]:
+    """Batches from `save_batches`; x is redrawn (standard normal, zero at padding)."""
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[int, dict]] = {"plain": {}, "grouped": {}}
+    with np.load(path) as f:
+        for name in f.files:
+            head, key = name.split("/")
+            which = "grouped" if head.startswith("grouped") else "plain"
+            out[which].setdefault(int(head[len(which):]), {})[key] = f[name]
+    for bs in out.values():
+        for b in bs.values():
+            x = rng.standard_normal(tuple(b.pop("x_shape")), dtype=np.float32)
+            b["x"] = np.where(b["pad_mask"][..., None], 0, x).astype(np.float32)
+    return tuple([bs[i] for i in sorted(bs)] for bs in (out["plain"], out["grouped"]))
+
+
+def trim_to_longest(b: dict) -> dict:
+    """Upstream's collate: pad a batch only to its longest example."""
+    n = int((~b["pad_mask"]).sum(axis=1).max())
+    return {k: (v[:, :n] if v.ndim >= 2 and v.shape[1] == b["pad_mask"].shape[1] else v)
+            for k, v in b.items()}
+
+
+def time_jax(popt_cfg, batches: list[dict], repeats: int, dtype=jnp.float32) -> float:
+    """Best seconds for one pass over `batches` with the packed popt_jax training step."""
     model = models.PopT(popt_cfg, rngs=nnx.Rngs(0), dtype=dtype)
     parts = steps.split_model(model)
     mesh = mesh_lib.make_mesh(1)
@@ -118,34 +143,25 @@ def time_jax(popt_cfg, batches, dtype, repeats: int, pack: bool) -> dict[str, fl
     opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
     step = objectives.make_train_step(objectives.PRETRAIN, parts, tx, mesh)
     key = jax.random.key(0, impl="rbg")
-    out = {}
-    for name, batch in batches.items():
-        g = mesh_lib.to_global(batch, mesh)
-        packed = objectives.pack_spec(objectives.PRETRAIN, batch, mesh) if pack else None
+    prepared = [(mesh_lib.to_global(b, mesh), objectives.pack_spec(objectives.PRETRAIN, b, mesh))
+                for b in batches]
+    seen = set()
+    t0 = time.perf_counter()
+    for i, (g, spec) in enumerate(prepared):  # compile every distinct program first
+        sig = (g["x"].shape, spec)
+        if sig not in seen:
+            seen.add(sig)
+            params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, i), spec)
+            jax.block_until_ready(m)
+    print(f"    ({len(seen)} programs compiled in {time.perf_counter() - t0:.1f} s)", flush=True)
+    best = float("inf")
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, 0), packed)
-        jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t0
-        best = float("inf")
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, i + 1), packed)
-            jax.block_until_ready((params, m))
-            best = min(best, time.perf_counter() - t0)
-        out[name] = best
-        rows = (f"packed: {packed.slots} token rows, {packed.out_slots} in the last layer"
-                if packed else "padded")
-        print(f"    jax {jnp.dtype(dtype).name:8s} {name:>10s}: {best * 1e3:8.1f} ms/step "
-              f"({rows}; first call incl. compile {compile_s:.1f} s)", flush=True)
-    return out
-
-
-def step_flops(popt_cfg, batch: int, tokens: int) -> float:
-    """Matmul FLOPs of one training step on [batch, tokens] (+ CLS), forward x 3."""
-    h, f, d, L = popt_cfg.hidden_dim, popt_cfg.ff_dim, popt_cfg.input_dim, tokens + 1
-    per_token = d * h + popt_cfg.n_layers * (4 * h * h + 2 * h * f)
-    attention = popt_cfg.n_layers * 2 * L * h  # q.k and weights.v per query
-    return 3 * 2 * batch * L * (per_token + attention)
+        for i, (g, spec) in enumerate(prepared):
+            params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, i), spec)
+        jax.block_until_ready((params, m))
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def one_step(model, opt, bce, x, mask, coords, seq, cls_label, sel, tok_target) -> float:
@@ -159,7 +175,8 @@ def one_step(model, opt, bce, x, mask, coords, seq, cls_label, sel, tok_target) 
     return loss.detach().item()
 
 
-def time_torch(popt_cfg, batches, repeats: int) -> dict[str, float]:
+def time_torch(popt_cfg, batches: list[dict], repeats: int) -> float:
+    """Best seconds for one pass of the upstream-style PyTorch step over `batches`."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from torch_reference import RefPopT  # noqa: E402
 
@@ -168,112 +185,105 @@ def time_torch(popt_cfg, batches, repeats: int) -> dict[str, float]:
                     n_head=popt_cfg.n_heads, n_layers=popt_cfg.n_layers).train()
     opt = TorchLamb(model.parameters(), lr=5e-4)
     bce = torch.nn.BCEWithLogitsLoss()
-    out = {}
-    for name, b in batches.items():
+    prepared = []
+    for b in map(trim_to_longest, batches):
         bsz = b["x"].shape[0]
         x = torch.from_numpy(np.concatenate([np.ones((bsz, 1, b["x"].shape[-1]), np.float32),
                                              b["x"]], axis=1))
         mask = torch.from_numpy(np.concatenate([np.zeros((bsz, 1), bool), b["pad_mask"]], 1))
-        coords = torch.from_numpy(b["coords"]).long()
-        seq = torch.from_numpy(b["seq_id"]).long()
-        cls_label = torch.from_numpy(b["cls_label"]).float()
-        tl_ = torch.from_numpy(b["token_label"]).flatten()
+        tl_ = torch.from_numpy(b["token_label"].astype(np.int64)).flatten()
         sel = (tl_ == 1) | (tl_ == 2)
-        tok_target = (tl_[sel] == 1).float()
-
-        args = (x, mask, coords, seq, cls_label, sel, tok_target)
-        one_step(model, opt, bce, *args)  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        prepared.append((x, mask, torch.from_numpy(b["coords"]).long(),
+                         torch.from_numpy(b["seq_id"]).long(),
+                         torch.from_numpy(b["cls_label"]).float(), sel, (tl_[sel] == 1).float()))
+    one_step(model, opt, bce, *prepared[0])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for args in prepared:
             one_step(model, opt, bce, *args)
-            best = min(best, time.perf_counter() - t0)
-        out[name] = best
-        print(f"    torch float32  {name:>10s}: {best * 1e3:8.1f} ms/step", flush=True)
-    return out
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=16, help="batches per timed pass")
+    p.add_argument("--group", type=int, default=8, help="length-grouping window (batches)")
     p.add_argument("--input-dim", type=int, default=768)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--ff", type=int, default=2048)
-    p.add_argument("--max-electrodes", type=int, default=100)
-    p.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
-                   help="bucket edges in tokens (default: the data layer's)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--skip-bf16", action="store_true")
-    p.add_argument("--skip-torch", action="store_true")
-    p.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
-                   help="torch intra-op threads (1 avoids OpenMP spinning on a busy machine)")
-    p.add_argument("--quick", action="store_true", help="hidden 128, ff 256, 2 layers, 2 repeats")
-    args = p.parse_args()
-    if args.quick:
-        args.hidden, args.ff, args.layers, args.heads, args.repeats = 128, 256, 2, 4, 2
-    torch.set_num_threads(args.torch_threads)
+    p.add_argument("--electrodes", type=int, default=120)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="also time the bfloat16 step")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--loaders", default="default,grouped",
+                   help="which popt_jax loaders to time (comma list of default, grouped)")
+    p.add_argument("--save-batches", default="",
+                   help="write the loader batches (all but x: its values do not matter for "
+                   "timing) to this .npz, e.g. to time them where grain is not installed")
+    p.add_argument("--load-batches", default="", help="time batches saved by --save-batches")
+    p.add_argument("--tiny", action="store_true",
+                   help="seconds: hidden 32, 1 layer, input 16, batch 8, 10 electrodes (one "
+                   "shape to compile per loader), 2 batches, 1 repeat")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.hidden, args.ff, args.layers, args.heads, args.input_dim = 32, 64, 1, 4, 16
+        args.batch, args.batches, args.group, args.repeats = 8, 2, 2, 1
+        args.electrodes = 10
+    torch.set_num_threads(args.threads)
+    n = math.ceil(args.batches / args.group) * args.group
     popt_cfg = models.PopTConfig(input_dim=args.input_dim, hidden_dim=args.hidden,
                                  n_heads=args.heads, ff_dim=args.ff, n_layers=args.layers)
-    rng = np.random.default_rng(0)
-    edges = sorted(int(e) for e in args.buckets.split(","))
-    ks = np.arange(10, args.max_electrodes + 1, 10)
-    # Frequency of each bucket under k ~ U{10, 20, ..., max}.
-    bucket_of_k = {int(k): next(e for e in edges if e >= k) for k in ks}
-    freq = {e: sum(1 for k in ks if bucket_of_k[int(k)] == e) / len(ks) for e in edges}
-    freq = {e: f for e, f in freq.items() if f > 0}
-    padded = {"padded": make_batch(rng, args.batch, args.max_electrodes,
-                                   rng.choice(ks, args.batch), args.input_dim)}
-    bucketed = {}
-    for e in freq:
-        in_bucket = np.asarray([k for k in ks if bucket_of_k[int(k)] == e])
-        bucketed[f"bucket{e}"] = make_batch(rng, args.batch, e, rng.choice(in_bucket, args.batch),
-                                            args.input_dim)
     print(f"JAX {jax.__version__} on {jax.devices()}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"PopT hidden {args.hidden}, {args.layers} layers, {args.heads} heads, ff {args.ff}, "
-          f"input {args.input_dim}; batch {args.batch}; k ~ U{{10..{args.max_electrodes}}}; "
-          f"buckets {sorted(freq)}")
-    both = {**padded, **bucketed}
+          f"input {args.input_dim}; batch {args.batch}; {n} loader batches per pass; "
+          f"grouping window {args.group} batches")
+    if args.load_batches:
+        plain, grouped = load_batches(args.load_batches)
+    else:
+        from popt_jax.ieeg import extract
 
-    def mix(times):  # examples/s of the bucket mix
-        return args.batch / sum(freq[e] * times[f"bucket{e}"] for e in freq)
+        with tempfile.TemporaryDirectory() as tmp:
+            extract.write_random_features(Path(tmp), n_electrodes=args.electrodes,
+                                          n_windows=max(64, 2 * n * args.batch),
+                                          hidden_dim=args.input_dim, n_task=4)
+            plain = loader_batches(Path(tmp), args.batch, n, 0)
+            grouped = loader_batches(Path(tmp), args.batch, n, args.group)
+    if args.save_batches:
+        save_batches(args.save_batches, plain, grouped)
+    same = sorted(np.concatenate([b["index"] for b in plain]).tolist())
+    assert same == sorted(np.concatenate([b["index"] for b in grouped]).tolist()), \
+        "grouping changed the examples"
+    ex = n * args.batch
 
-    rows = {}
-    print("timing (best of %d):" % args.repeats)
-    for dtype in [jnp.float32] + ([] if args.skip_bf16 else [jnp.bfloat16]):
-        for pack in (False, True):
-            name = f"jax {jnp.dtype(dtype).name} {'packed' if pack else 'padded'}"
-            rows[name] = time_jax(popt_cfg, both, dtype, args.repeats, pack)
-    if not args.skip_torch:
-        rows["torch float32"] = time_torch(popt_cfg, both, args.repeats)
-    top = bucket_of_k[int(ks.max())]  # a random batch almost surely holds a k = max example
+    def tokens(bs, trim=False):
+        return sum((trim_to_longest(b) if trim else b)["x"].shape[1] for b in bs) / len(bs)
 
-    def rates(times):
-        return {"padded to max": args.batch / times["padded"],
-                f"random batch ({top})": args.batch / times[f"bucket{top}"],
-                "grouped buckets": mix(times)}
-
-    print()
-    cols = list(rates(rows["jax float32 padded"]))
-    print(f"{'examples/s':26s}" + "".join(f"{c:>22s}" for c in cols))
-    for name, times in rows.items():
-        r = rates(times)
-        print(f"{name:26s}" + "".join(f"{r[c]:22.2f}" for c in cols))
-    if "torch float32" in rows:
-        ref = rates(rows["torch float32"])
-        for name in [n for n in rows if n != "torch float32"]:
-            r = rates(rows[name])
-            print(f"{name + ' / torch':26s}" + "".join(f"{r[c] / ref[c]:21.2f}x" for c in cols))
-    flops = step_flops(popt_cfg, args.batch, args.max_electrodes)
-    real = float(np.mean(padded["padded"]["pad_mask"] == 0))
-    print(f"\npadded-to-max batch: {flops / 1e9:.1f} GFLOP per step (matmuls, padded tokens "
-          f"included; {real:.0%} of the electrode tokens are real)")
-    for name, times in rows.items():
-        print(f"  {name:26s} {flops / times['padded'] / 1e9:7.1f} GFLOP/s")
-    print(f"(grouped buckets assumes batches grouped by length; a shuffled batch is padded to "
-          f"the bucket of its longest example, {top} tokens here)")
+    real = np.mean([(~b["pad_mask"]).sum(1).mean() for b in plain])
+    print(f"tokens per example: real {real:.1f}; padded: upstream collate "
+          f"{tokens(plain, True):.1f}, default loader {tokens(plain):.1f}, grouped loader "
+          f"{tokens(grouped):.1f}")
+    rows = {"torch (upstream collate)": time_torch(popt_cfg, plain, args.repeats)}
+    print(f"  torch: {ex / rows['torch (upstream collate)']:.2f} examples/s", flush=True)
+    for dtype in [jnp.float32] + ([jnp.bfloat16] if args.bf16 else []):
+        name = jnp.dtype(dtype).name
+        for label, bs in (("default loader", plain), ("grouped loader", grouped)):
+            if label.split()[0] not in args.loaders.split(","):
+                continue
+            rows[f"jax {name} {label}"] = t = time_jax(popt_cfg, bs, args.repeats, dtype)
+            print(f"  jax {name} {label}: {ex / t:.2f} examples/s", flush=True)
+    ref = rows["torch (upstream collate)"]
+    print(f"\n{'workload':34s}{'examples/s':>12s}")
+    for name, t in rows.items():
+        print(f"{name:34s}{ex / t:12.2f}")
+    for name, t in rows.items():
+        if not name.startswith("torch"):
+            print(f"ratio vs reference: {name}: {ref / t:.2f}x")
 
 
 if __name__ == "__main__":

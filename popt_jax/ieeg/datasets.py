@@ -41,6 +41,7 @@ import json
 import math
 import os
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,14 @@ __all__ = [
     "DEFAULT_BUCKETS", "PRETRAIN_KS", "FeatureStore", "PretrainConfig", "PretrainSource",
     "FinetuneSource", "sklearn_train_test_split", "random_split", "time_blocked_split",
     "make_pretrain_example", "bucket_length", "collate", "Collator", "make_dataset",
+    "PRETRAIN_BUCKETS", "length_grouped_examples", "GroupedCollator",
 ]
 
 DEFAULT_BUCKETS = (16, 32, 64, 128)
 PRETRAIN_KS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+# Pretraining examples hold k in PRETRAIN_KS tokens (+ CLS in the model): with batches
+# grouped by length these edges leave no padding at all (10 shapes to compile).
+PRETRAIN_BUCKETS = PRETRAIN_KS
 MIN_BLOCK_WINDOWS = 20  # time_blocked: shortest block, in window lengths (4 gaps each)
 
 
@@ -325,6 +330,18 @@ def _replace(x: np.ndarray, alt: np.ndarray, p: float, rng: np.random.Generator
     return out, labels
 
 
+def _draw_subset(e: int, rng: np.random.Generator, cfg: PretrainConfig
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The first draws of a pretraining example: R's row order, electrode order, subset size.
+
+    Shared by `make_pretrain_example` and `PretrainSource.example_length`, so the length
+    known before the example is built is the length it gets.
+    """
+    r_perm = rng.permutation(e)
+    order = rng.permutation(e)
+    return r_perm, order, min(int(rng.choice(np.asarray(cfg.ks))), e)
+
+
 def make_pretrain_example(a: np.ndarray, b: np.ndarray, r: np.ndarray, coords: np.ndarray,
                           pair_label: int, rng: np.random.Generator,
                           cfg: PretrainConfig = PretrainConfig()) -> dict[str, np.ndarray]:
@@ -337,9 +354,8 @@ def make_pretrain_example(a: np.ndarray, b: np.ndarray, r: np.ndarray, coords: n
     Coordinates are the original electrode's (jittered if asked), truncated toward zero.
     """
     e = a.shape[0]
-    r = r[rng.permutation(e)]
-    order = rng.permutation(e)
-    k = min(int(rng.choice(np.asarray(cfg.ks))), e)
+    r_perm, order, k = _draw_subset(e, rng, cfg)
+    r = r[r_perm]
     half = k // 2
     s1, s2 = np.sort(order[:half]), np.sort(order[half:k])
     x1, l1 = _replace(a[s1], r[s1], cfg.replace_p, rng)
@@ -456,6 +472,12 @@ class PretrainSource:
 
         return {"a": read(a), "b": read(b), "r": read(r), "coords": self.coords[fi],
                 "pair_label": label, "index": i}
+
+    def example_length(self, i: int, rng: np.random.Generator) -> int:
+        """Tokens of the training example `random_example` makes from record ``i`` with an
+        rng in the same state, without reading any embedding (for length grouping)."""
+        e = len(self.rows[int(self._file[int(i)])])
+        return _draw_subset(e, rng, self.cfg)[2]
 
     def random_example(self, record: dict[str, Any], rng: np.random.Generator) -> dict:
         """Training example: subset/replacement drawn from grain's per-record RNG."""
@@ -622,8 +644,8 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
                  seed: int = 0, num_epochs: int | None = None,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, worker_count: int = 0,
                  worker_buffer_size: int = 2, read_threads: int = 4,
-                 prefetch_batches: int = 8, shard_index: int = 0, shard_count: int = 1
-                 ) -> grain.IterDataset:
+                 prefetch_batches: int = 8, shard_index: int = 0, shard_count: int = 1,
+                 group_by_length: int = 0) -> grain.IterDataset:
     """The grain pipeline over a source: batches of padded numpy arrays.
 
     Training: ``source -> seed -> shuffle -> repeat(num_epochs; None = forever) ->
@@ -649,6 +671,10 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
             a 500-element buffer, would hold hundreds of whole batches in memory).
         prefetch_batches: batches read ahead per process.
         shard_index, shard_count: this process's shard (multi-host data parallelism).
+        group_by_length: pretraining only: 0 = off; else batches are grouped by length within
+            windows of this many global batches (`length_grouped_examples`): the same
+            examples in the same windows, far less padding. Pair with buckets that fit the
+            lengths (`PRETRAIN_BUCKETS`).
 
     Returns:
         A `grain.IterDataset`; iterate it, or checkpoint its iterator's state.
@@ -662,7 +688,12 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
         make_random, make_eval = source.random_example, source.deterministic_example
     else:
         make_random, make_eval = None, None
-    if train:
+    grouped = bool(train and group_by_length and make_random is not None)
+    if grouped:
+        ds = length_grouped_examples(source, seed=seed, num_epochs=num_epochs,
+                                     group_size=batch_size * shard_count,
+                                     window_groups=group_by_length)
+    elif train:
         ds = ds.seed(seed).shuffle().repeat(num_epochs)
         if make_random is not None:
             ds = ds.random_map(make_random)
@@ -670,7 +701,8 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
         ds = ds.map(make_eval)
     if shard_count > 1:
         ds = ds[shard_index::shard_count]
-    ds = ds.batch(batch_size, drop_remainder=train, batch_fn=Collator(buckets, batch_size))
+    collator = (GroupedCollator if grouped else Collator)(buckets, batch_size)
+    ds = ds.batch(batch_size, drop_remainder=train, batch_fn=collator)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=prefetch_batches))
     if worker_count > 0:
@@ -682,3 +714,122 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
     return it
+
+
+# --------------------------------------------------------------------------- length grouping
+
+
+class _LengthGrouped(grain.MapDataset):
+    """Reorders ``examples`` inside windows of ``window`` positions so that each run of
+    ``group_size`` consecutive positions (one global batch) holds examples of similar length.
+
+    Position ``w * window + j`` shows ``examples[w * window + perm_w[j]]``, where ``perm_w``
+    sorts the window by length (stable), cuts it into groups of ``group_size`` and orders the
+    whole groups by a permutation seeded by (seed, w); a short final window keeps its partial
+    group last. ``lengths[i]`` must be the length of ``examples[i]``. Every example also gets
+    ``pad_to``: the longest length of its group, so every shard of a global batch pads to
+    the same length (`GroupedCollator`).
+    """
+
+    def __init__(self, examples: grain.MapDataset, lengths: grain.MapDataset, group_size: int,
+                 window: int, seed: int):
+        super().__init__([examples, lengths])
+        if group_size < 1 or window < group_size or window % group_size:
+            raise ValueError(f"window {window} must be a positive multiple of the group size "
+                             f"{group_size}")
+        self._examples, self._lengths = examples, lengths
+        self._group, self._window, self._seed = group_size, window, seed
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_lock"], state["_cache"] = None, {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __str__(self) -> str:
+        return f"LengthGrouped(group_size={self._group}, window={self._window})"
+
+    def _plan(self, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source position, pad_to) of every position of window ``w``."""
+        with self._lock:
+            hit = self._cache.get(w)
+        if hit is not None:
+            return hit
+        lo = w * self._window
+        hi = min(lo + self._window, len(self._examples))
+        lengths = np.asarray([self._lengths[i] for i in range(lo, hi)], np.int64)
+        order = np.argsort(lengths, kind="stable")
+        n_full = len(order) // self._group
+        groups = order[:n_full * self._group].reshape(n_full, self._group)
+        groups = groups[np.random.default_rng([self._seed, w]).permutation(n_full)]
+        perm = np.concatenate([groups.reshape(-1), order[n_full * self._group:]])
+        pad_to = lengths[perm]
+        for a in range(0, len(perm), self._group):
+            pad_to[a:a + self._group] = pad_to[a:a + self._group].max()
+        plan = (lo + perm, pad_to)
+        with self._lock:
+            if len(self._cache) >= 4:  # windows are read in order; a few cover the threads
+                self._cache.pop(min(self._cache))
+            self._cache[w] = plan
+        return plan
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        w, j = divmod(int(index), self._window)
+        src, pad_to = self._plan(w)
+        out = dict(self._examples[int(src[j])])
+        out["pad_to"] = np.int64(pad_to[j])
+        return out
+
+
+def length_grouped_examples(source: PretrainSource, *, seed: int, num_epochs: int | None,
+                            group_size: int, window_groups: int) -> grain.MapDataset:
+    """The training example stream of `make_dataset`, grouped by length.
+
+    The stream ``source -> seed -> shuffle -> repeat -> random_map(random_example)`` is the
+    ungrouped one; it is cut into windows of ``window_groups * group_size`` consecutive
+    examples, and each window is reordered so that each global batch (``group_size``
+    examples: the batch of all shards together) holds examples of similar length. So:
+    the same examples as without grouping (same draws, same records), each window's
+    examples within that window (epochs and shuffling unchanged beyond a window); the order
+    of the batches within a window is shuffled (seeded), so lengths do not drift
+    monotonically through a window. The lengths come from `PretrainSource.example_length`
+    with the very rng the example is built with, without reading embeddings. The result is
+    a pure function of (source, seed, sizes): deterministic, resumable from grain's iterator
+    state, and the same however many devices share a global batch.
+    """
+    index = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(num_epochs)
+    # Both random_maps hang off the same parent, so grain hands them the same per-position
+    # rng (its default seed depends on the parent chain and the position only).
+    examples = index.random_map(_ExampleOf(source))
+    lengths = index.random_map(source.example_length)
+    return _LengthGrouped(examples, lengths, group_size, group_size * window_groups, seed)
+
+
+class _ExampleOf:
+    """Record position -> training example (a picklable callable for grain's workers)."""
+
+    def __init__(self, source: PretrainSource):
+        self.source = source
+
+    def __call__(self, i: int, rng: np.random.Generator) -> dict:
+        return self.source.random_example(self.source[int(i)], rng)
+
+
+class GroupedCollator(Collator):
+    """`Collator` for length-grouped examples: pads to the bucket of the global batch's
+    longest example (``pad_to``), so every shard of a batch gets the same length."""
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        longest = max(int(e.get("pad_to", len(e["x"]))) for e in examples)
+        return collate(examples, (bucket_length(longest, self.buckets),), self.batch_size,
+                       self._alloc)

@@ -190,6 +190,44 @@ def unpack(p: TokenPacking, y: jax.Array) -> jax.Array:
     return out.reshape(-1, p.length, *y.shape[2:])
 
 
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
+
+def fused_attention(q, k, v, pad_mask, implementation: str) -> jax.Array:
+    """softmax(q k^T / sqrt(hd)) v through `jax.nn.dot_product_attention`.
+
+    q, k, v [B, L, H, hd]; pad_mask [B, L] (True = padding) masks keys. "cudnn" needs a GPU
+    and float16/bfloat16 inputs; for float32 it falls back to "xla" (same maths, one fused
+    program), so a float32 model gets the same results on any device.
+    """
+    if implementation == "cudnn" and q.dtype not in (jnp.float16, jnp.bfloat16):
+        implementation = "xla"
+    mask = None if pad_mask is None else jnp.logical_not(pad_mask)[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def default_attention() -> str:
+    """"cudnn" when JAX's default backend is a GPU, else "einsum"."""
+    return "cudnn" if jax.default_backend() == "gpu" else "einsum"
+
+
+def set_attention(model: nnx.Module, implementation: str) -> nnx.Module:
+    """Selects every `MultiHeadAttention`'s implementation (in place; returns `model`).
+
+    "einsum": explicit logits and softmax (float32), attention weights returned, attention
+    dropout in training. "xla" / "cudnn": `jax.nn.dot_product_attention` where no attention
+    dropout applies (evaluation, feature extraction); training steps with dropout keep the
+    einsum path. The fused paths return no attention weights (None in their place).
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                         f"not {implementation!r}")
+    for _, module in model.iter_modules():
+        if isinstance(module, MultiHeadAttention):
+            module.implementation = implementation
+    return model
+
+
 class MultiHeadAttention(nnx.Module):
     """Self-attention with PyTorch `nn.MultiheadAttention` numerics and per-head weights.
 
@@ -211,6 +249,10 @@ class MultiHeadAttention(nnx.Module):
                                 rngs=rngs)
         self.out = torch_linear(dim, dim, rngs, dtype)
         self.dropout = Dropout(dropout, rngs=rngs)
+        # "einsum" (default: returns the weights, applies attention dropout) or a
+        # `jax.nn.dot_product_attention` implementation ("xla", "cudnn") used when no
+        # attention dropout applies; see `set_attention`.
+        self.implementation = "einsum"
 
     def __call__(self, x, pad_mask=None, *, deterministic: bool = True,
                  packing: TokenPacking | None = None, out_packing: TokenPacking | None = None):
@@ -233,13 +275,21 @@ class MultiHeadAttention(nnx.Module):
             qkv = unpack(packing, qkv)
         b, length = qkv.shape[:2]
         q, k, v = jnp.split(qkv.reshape(b, length, 3, self.n_heads, hd), 3, axis=2)
-        q, k, v = q[:, :, 0] * (1.0 / math.sqrt(hd)), k[:, :, 0], v[:, :, 0]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        if pad_mask is not None:
-            logits = jnp.where(pad_mask[:, None, None, :], -jnp.inf, logits)
-        weights = jax.nn.softmax(logits, axis=-1)
-        dropped = self.dropout(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v).reshape(b, length, d)
+        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        no_dropout = deterministic or self.dropout.rate == 0.0
+        if self.implementation != "einsum" and no_dropout:
+            # Fused attention (cuDNN on GPUs): no weights come out and none are dropped.
+            out = fused_attention(q, k, v, pad_mask, self.implementation).reshape(b, length, d)
+            dropped = None
+        else:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q * (1.0 / math.sqrt(hd)),
+                                k).astype(jnp.float32)
+            if pad_mask is not None:
+                logits = jnp.where(pad_mask[:, None, None, :], -jnp.inf, logits)
+            weights = jax.nn.softmax(logits, axis=-1)
+            dropped = self.dropout(weights, deterministic=deterministic)
+            out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v).reshape(
+                b, length, d)
         out_packing = out_packing if out_packing is not None else packing
         if out_packing is not None:
             out = pack(out_packing, out)

@@ -344,6 +344,7 @@ class StoreData:
         d = config.data
         self.buckets = tuple(int(b) for b in d.buckets)
         self.workers = int(d.get("num_workers", 0))
+        self._group = int(d.get("group_by_length", 0)) if task == PRETRAIN else 0
         self.seed = int(config.seed)
         n_proc = jax.process_count()
         self.batch = int(config.batch_size) // n_proc
@@ -381,7 +382,8 @@ class StoreData:
     def train_iterator(self):
         dataset = self._ds.make_dataset(self.sources["train"], batch_size=self.batch,
                                         train=True, seed=self.seed, buckets=self.buckets,
-                                        worker_count=self.workers, **self.shard)
+                                        worker_count=self.workers, **self.shard,
+                                        group_by_length=int(self._group))
         return iter(dataset)
 
     def eval_batches(self, split: str):
