@@ -37,14 +37,25 @@ def models():
 
 def test_plan_groups_vertices_by_their_queries(models):
     (m, lh_m) = models[0][True], models[1]
-    plan = m.lh_plan
+    plan = m.lh_embed.plan
     assert max(lh_m.sum(0)) >= 3  # some vertices read three queries
-    assert sum(b - a for a, b in plan.segments) == LH_V
-    cols = lh_m.T[plan.perm]
-    for i, (a, b) in enumerate(plan.segments):
-        np.testing.assert_array_equal(cols[a:b], np.broadcast_to(plan.combos[i], (b - a,
-                                                                                   len(lh_m))))
-    assert not hasattr(models[0][False], "lh_plan")
+    assert len(np.unique(plan.position)) == LH_V
+    group_of_vertex = plan.chunk_group[plan.position // plan.chunk]
+    np.testing.assert_array_equal(plan.combos[group_of_vertex], lh_m.T)
+    # storage round trip, padding rows zero
+    k = np.random.default_rng(0).standard_normal((D, LH_V)).astype(np.float32)
+    blocks = plan.to_blocks(k)
+    np.testing.assert_array_equal(plan.from_blocks(blocks), k)
+    assert np.count_nonzero(np.abs(blocks).sum(-1)) == LH_V
+    assert isinstance(models[0][False].lh_embed, nnx.Linear)
+
+
+def _export(model, grads=None):
+    """Parameters (or gradients) in the PyTorch layout, whatever the storage."""
+    if grads is not None:
+        model = nnx.clone(model)
+        nnx.update(model, grads)
+    return be.to_torch_state_dict(model)
 
 
 def test_grouped_readout_matches_dense_forward_and_backward(models):
@@ -63,11 +74,15 @@ def test_grouped_readout_matches_dense_forward_and_backward(models):
     for h in ("lh", "rh"):
         np.testing.assert_allclose(og[h], od[h], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(lg, ld, rtol=1e-5)
-    flat_g = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(gg))
-    flat_d = dict(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(gd)))
-    assert len(flat_g) == len(flat_d) > 10
-    for path, a in flat_g:
-        np.testing.assert_allclose(a, flat_d[path], rtol=1e-5, atol=1e-6,
-                                   err_msg=jax.tree_util.keystr(path))
-    # the readout kernels really receive gradient (not all zero)
-    assert float(jnp.abs(gg["lh_embed"]["kernel"]).sum()) > 0
+    # the same initial weights in both storages
+    for k, v in _export(dense).items():
+        np.testing.assert_array_equal(_export(grouped)[k], v, err_msg=k)
+    sd_g, sd_d = _export(grouped, gg), _export(dense, gd)
+    assert set(sd_g) == set(sd_d) and len(sd_g) > 10
+    for k, v in sd_d.items():
+        np.testing.assert_allclose(sd_g[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    # the readout kernels really receive gradient (not all zero); padding rows none
+    assert float(np.abs(sd_g["lh_embed.0.weight"]).sum()) > 0
+    blocks = np.asarray(gg["lh_embed"]["weight"].value).reshape(-1, D)
+    pad = np.setdiff1d(np.arange(len(blocks)), grouped.lh_embed.plan.position)
+    assert len(pad) > 0 and not np.abs(blocks[pad]).any()

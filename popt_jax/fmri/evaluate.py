@@ -66,6 +66,9 @@ def finish(config, workdir: Path, subject, predict: Callable, train_feats, test_
             full[fs] = r[hemi]
             np.save(out_dir / f"{hemi}_val_r_fsaverage.npy", full)
     np.save(out_dir / "val_index.npy", va_idx)
+    # mean cross-attention of every query over the validation images [Q, gh*gw]
+    np.save(out_dir / "val_mean_attention.npy", predict(train_feats, va_idx, -1)[2]
+            .astype(np.float32))
     files: dict[str, Any] = {}
     test_pred = None
     if test_feats is not None:

@@ -142,16 +142,22 @@ def _batches(order: np.ndarray, size: int):
 
 def predict_all(predict_step, params, feats: brain_features.FeatureReader, index: np.ndarray,
                 batch: int, mesh, with_attention: int = 0):
-    """Predictions for the rows `index`: (lh, rh, attention of the first rows or None)."""
+    """Predictions for the rows `index`: (lh, rh, attention [n, Q, K] of the first
+    `with_attention` rows, or None; with_attention < 0: the mean over all rows [Q, K])."""
     lh, rh, att = [], [], []
+    total = 0.0
     for idx, weight in _batches(np.asarray(index), batch):
         n = int(weight.sum())
         x = mesh_lib.to_global({"x": feats[idx]}, mesh, keys=None)["x"]
         a, b, w = predict_step(params, x)
         lh.append(np.asarray(a)[:n])
         rh.append(np.asarray(b)[:n])
-        if sum(len(t) for t in att) < with_attention:
+        if with_attention < 0:
+            total = total + np.asarray(w)[:n].astype(np.float64).sum(0)
+        elif sum(len(t) for t in att) < with_attention:
             att.append(np.asarray(w)[:n])
+    if with_attention < 0:
+        return np.concatenate(lh), np.concatenate(rh), total / max(len(index), 1)
     return (np.concatenate(lh), np.concatenate(rh),
             np.concatenate(att)[:with_attention] if att else None)
 
