@@ -22,7 +22,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Job configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (default: the config's `workdir`).")
 
-JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder")
+JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder",
+             "brain_encoder_ensemble")
 
 
 def run_job(job: str, config, workdir: str):
@@ -43,6 +44,10 @@ def run_job(job: str, config, workdir: str):
         from popt_jax.fmri.train import brain_encoder_job
 
         return brain_encoder_job(config, workdir)
+    if job == "brain_encoder_ensemble":
+        from popt_jax.fmri.ensemble import ensemble_job
+
+        return ensemble_job(config, workdir)
     raise UserError(f"config.job: {job!r} is not one of {', '.join(JOB_NAMES)}")
 
 

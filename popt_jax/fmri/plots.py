@@ -88,3 +88,22 @@ def plot_attention(image: np.ndarray, attention: np.ndarray, names: Sequence[str
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_block_weights(weights: dict[str, np.ndarray], blocks: Sequence[int],
+                       path: str | os.PathLike) -> Path:
+    """Histogram per hemisphere of each backbone block's per-vertex ensemble weight."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(weights), figsize=(4.5 * len(weights), 3.2))
+    for ax, (hemi, w) in zip(np.atleast_1d(axes), weights.items(), strict=True):
+        for b, row in zip(blocks, w, strict=True):
+            ax.hist(row, bins=20, range=(0, 1), alpha=0.6,
+                    label=f"enc_output_layer {b} (mean {row.mean():.2f})")
+        ax.set_xlabel("per-vertex weight")
+        ax.set_title(hemi, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
