@@ -1,6 +1,5 @@
 """The grouped `rois_all` readout equals upstream's dense Linear-then-mask form, both ways."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -10,6 +10,7 @@ figures (per-ROI scores, attention maps) follow.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from popt_jax.errors import TrainingError
-from popt_jax.fmri import algonauts, plots, recipe
+from popt_jax.fmri import algonauts, plots, recipe, synthetic_algonauts
 from popt_jax.fmri import feature_cache as brain_features
 from popt_jax.fmri import metrics as brain_eval
 
@@ -67,8 +68,12 @@ def finish(config, workdir: Path, subject, predict: Callable, train_feats, test_
             np.save(out_dir / f"{hemi}_val_r_fsaverage.npy", full)
     np.save(out_dir / "val_index.npy", va_idx)
     # mean cross-attention of every query over the validation images [Q, gh*gw]
-    np.save(out_dir / "val_mean_attention.npy", predict(train_feats, va_idx, -1)[2]
-            .astype(np.float32))
+    mean_att = predict(train_feats, va_idx, -1)[2].astype(np.float32)
+    np.save(out_dir / "val_mean_attention.npy", mean_att)
+    places = _planted_places(subject)
+    if places:  # the synthetic subject's spatial mode: does attention find the places?
+        transformer["attention_on_places"] = synthetic_algonauts.attention_on_places(
+            mean_att[:len(names[0])], names[0], places, grid)
     files: dict[str, Any] = {}
     test_pred = None
     if test_feats is not None:
@@ -99,6 +104,13 @@ def finish(config, workdir: Path, subject, predict: Callable, train_feats, test_
             "transformer": transformer, "ridge": ridge, "test_challenge": test_score,
             "ridge_test_challenge": ridge_test, "chance_mean_r": chance["mean_r"],
             "files": files}
+
+
+def _planted_places(subject) -> dict[str, list[int]]:
+    truth = subject.dir / "synthetic_truth.json"
+    if not truth.exists():
+        return {}
+    return json.loads(truth.read_text()).get("places", {})
 
 
 def _ridge(config, workdir, subject, train_feats, test_feats, fmri, tr_idx, va_idx, y_va, rois,

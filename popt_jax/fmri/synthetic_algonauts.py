@@ -324,3 +324,29 @@ def write_synthetic_algonauts(root: str | Path, cfg: SyntheticAlgonautsConfig = 
              "places": {k: list(v) for k, v in places.items()}, "patchwork": PATCHWORK}
     (sdir / "synthetic_truth.json").write_text(json.dumps(truth, indent=1))
     return sdir
+
+
+def attention_on_places(mean_attention: np.ndarray, names: list[str],
+                        places: dict[str, list[int]], grid: tuple[int, int]) -> dict[str, float]:
+    """How well ROI queries' attention [Q, gh*gw] lands on their planted places.
+
+    Returns the share of planted ROIs whose attention peak lies in their block (chance
+    1 / PATCHWORK^2), and the median over them of (attention mass in the block) / (the
+    block's share of the grid) (1 = no preference).
+    """
+    gh, gw = grid
+    hits, ratios = [], []
+    for q, name in enumerate(names):
+        if name not in places:
+            continue
+        by, bx = places[name]
+        a = np.asarray(mean_attention[q], np.float64).reshape(gh, gw)
+        ys = np.arange(gh) * PATCHWORK // gh == by
+        xs = np.arange(gw) * PATCHWORK // gw == bx
+        peak = np.unravel_index(int(a.argmax()), a.shape)
+        hits.append(bool(ys[peak[0]] and xs[peak[1]]))
+        ratios.append(a[np.ix_(ys, xs)].sum() / a.sum() / (ys.sum() * xs.sum() / (gh * gw)))
+    if not hits:
+        return {}
+    return {"peak_in_place": float(np.mean(hits)), "chance": 1.0 / PATCHWORK ** 2,
+            "median_mass_ratio": float(np.median(ratios)), "rois": len(hits)}
