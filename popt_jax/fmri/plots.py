@@ -107,3 +107,26 @@ def plot_block_weights(weights: dict[str, np.ndarray], blocks: Sequence[int],
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_top_images(images: dict[str, list[np.ndarray]], scores: dict[str, np.ndarray],
+                    path: str | os.PathLike) -> Path:
+    """A grid: one row per ROI, its top images left to right with their predicted response."""
+    plt = _pyplot()
+    rows, cols = len(images), max(len(v) for v in images.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for r, (name, imgs) in enumerate(images.items()):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(imgs[c])
+                ax.set_title(f"{scores[name][c]:.2f}", fontsize=7)
+        axes[r, 0].text(-0.1, 0.5, name, transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    fig.suptitle("top predicted images per ROI (mean over its vertices)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
