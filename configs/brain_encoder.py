@@ -38,6 +38,10 @@ def get_config() -> config_dict.ConfigDict:
     config.data.synthetic.snr_max = 2.0
     config.data.synthetic.plant = True  # False: responses are pure noise (a null check)
     config.data.synthetic.seed = 0
+    config.data.synthetic.spatial = True  # each ROI driven by content at its own image place
+    config.data.synthetic.test_fmri = True  # also write test fMRI + noise ceiling (post-release)
+    config.data.split_file = ""  # an upstream idxs.npy to reuse its split ("" = make one)
+    config.data.shuffle = True  # False: upstream's unshuffled split (its run >= 20)
 
     config.backbone_checkpoint = ""  # torch-hub .pth or Hugging Face dinov2 folder/safetensors
     config.backbone = config_dict.ConfigDict()
@@ -53,7 +57,9 @@ def get_config() -> config_dict.ConfigDict:
 
     config.features = config_dict.ConfigDict()
     config.features.kind = "dinov2_q"  # "dinov2_q" (attention queries) or "dinov2" (tokens)
-    config.features.block = -1  # which backbone block (-1 = last)
+    # Backbone block as upstream's --enc_output_layer: 1 = last block, 2 = the one before, ...
+    config.features.enc_output_layer = 1
+    config.features.image_size = 0  # resize images to this square size first (0 = as stored)
     config.features.batch_size = 16  # images per extraction call
     config.features.compute_dtype = "float32"  # or "bfloat16" (accelerators)
     config.features.max_memory_gb = 4.0  # cached features kept in RAM below this size
@@ -63,6 +69,8 @@ def get_config() -> config_dict.ConfigDict:
     config.model.n_heads = 16  # cross-attention heads
     config.model.ff_dim = 1024  # FFN width
     config.model.dropout = 0.1
+    config.model.grouped_readout = True  # readout by query groups (exact); False = dense
+    config.init_decoder = ""  # upstream checkpoint.pth / decoder state_dict to start from
 
     config.train = config_dict.ConfigDict()
     config.train.lr = 5e-4  # AdamW

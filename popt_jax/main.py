@@ -29,7 +29,8 @@ config_flags.DEFINE_config_file("config", None, "Job configuration file.", lock_
 flags.DEFINE_string("workdir", None, "Output directory (default: the config's `workdir`).")
 
 JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder", "neuroprobe",
-             "extract_recordings", "embed", "predict", "pretrain_brainbert")
+             "extract_recordings", "embed", "predict", "pretrain_brainbert",
+             "brain_encoder_ensemble", "predict_images")
 
 
 def run_job(job: str, config, workdir: str):
@@ -64,6 +65,14 @@ def run_job(job: str, config, workdir: str):
         from popt_jax.fmri.train import brain_encoder_job
 
         return brain_encoder_job(config, workdir)
+    if job == "brain_encoder_ensemble":
+        from popt_jax.fmri.ensemble import ensemble_job
+
+        return ensemble_job(config, workdir)
+    if job == "predict_images":
+        from popt_jax.fmri.predict import predict_images_job
+
+        return predict_images_job(config, workdir)
     raise UserError(f"config.job: {job!r} is not one of {', '.join(JOB_NAMES)}")
 
 

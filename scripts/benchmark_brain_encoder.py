@@ -1,13 +1,14 @@
 """Throughput of the brain encoder on whatever device JAX sees (and PyTorch on the CPU).
 
     python scripts/benchmark_brain_encoder.py                    # upstream sizes (slow on CPU)
-    python scripts/benchmark_brain_encoder.py --grid 16 --vertices 2000 --batch 8 \\
-        --backbone small --image-size 224 --extract-batch 4 --repeats 3      # quick
+    python scripts/benchmark_brain_encoder.py --skip-extraction          # decoder step only
+    python scripts/benchmark_brain_encoder.py --tiny                     # seconds (run by a test)
 
 Prints images/s for
   * one decoder training step from cached features (forward, backward, clip + AdamW) in JAX,
-    beside the same step in PyTorch (`tests/torch_reference_brain_encoder.py`, upstream's
-    module layout with `nn.MultiheadAttention`) on the CPU;
+    with the grouped readout (the default) and the dense one, beside the same step in
+    PyTorch written as upstream's (`tests/torch_reference_brain_encoder.py`: `nn.MultiheadAttention`,
+    Linear over every query, then the masks) on the CPU, with `ratio vs reference` lines;
   * frozen-backbone feature extraction (`dinov2.extract_features`, `dinov2_q` of the last
     block) in float32 and bfloat16, for a random DINOv2 of ViT-B/14 size or a small one.
 Timings exclude compilation (one warm-up call) and wait for the device; best of `--repeats`.
@@ -20,17 +21,19 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout
 
-from popt_jax.core import mesh as mesh_lib
-from popt_jax.core import steps
-from popt_jax.fmri import dinov2
-from popt_jax.fmri.decoder import BrainEncoder, BrainEncoderConfig
-from popt_jax.fmri.train import make_steps
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from popt_jax.core import mesh as mesh_lib  # noqa: E402
+from popt_jax.core import steps  # noqa: E402
+from popt_jax.fmri import dinov2  # noqa: E402
+from popt_jax.fmri.decoder import BrainEncoder, BrainEncoderConfig  # noqa: E402
+from popt_jax.fmri.train import make_steps  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,15 +48,34 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def _masks(n_rois: int, n_v: int, rng) -> np.ndarray:
-    m = (rng.random((n_rois, n_v)) < 0.05).astype(np.float32)
-    return np.concatenate([m, (m.sum(0) == 0)[None].astype(np.float32)])
+FAMILY_SIZES = (7, 4, 5, 3, 5)  # named ROIs of the five query families (NSD: 24)
 
 
-def decoder_jax(a, lh_m, rh_m) -> float:
+def _masks(n_v: int, rng) -> np.ndarray:
+    """Masks shaped like the challenge's: in each family a vertex is in at most one ROI (the
+    visual ROIs tile a contiguous early-visual stretch, category ROIs are patches that overlap
+    it and each other), 'Unknown' takes the rest; each vertex reads 1-3 queries."""
+    rows = []
+    vis = np.zeros(n_v, np.int64)
+    cut = np.linspace(0, int(0.3 * n_v), FAMILY_SIZES[0] + 1).astype(int)
+    for i in range(FAMILY_SIZES[0]):
+        vis[cut[i]:cut[i + 1]] = i + 1
+    rows += [vis == r for r in range(1, FAMILY_SIZES[0] + 1)]
+    for n_roi in FAMILY_SIZES[1:]:
+        roi = np.zeros(n_v, np.int64)
+        for r in range(1, n_roi + 1):  # one contiguous patch per ROI, 2-4% of the vertices
+            start, size = rng.integers(0, n_v), int(rng.uniform(0.02, 0.04) * n_v)
+            roi[np.arange(start, start + size) % n_v] = r
+        rows += [roi == r for r in range(1, n_roi + 1)]
+    m = np.stack(rows)
+    return np.concatenate([m, ~m.any(0, keepdims=True)]).astype(np.float32)
+
+
+def decoder_jax(a, lh_m, rh_m, grouped: bool = True) -> float:
     cfg = BrainEncoderConfig(hidden_dim=a.dim, n_heads=a.heads, ff_dim=a.ff,
                              lh_vertices=a.vertices, rh_vertices=a.vertices,
-                             lh_queries=len(lh_m), rh_queries=len(rh_m))
+                             lh_queries=len(lh_m), rh_queries=len(rh_m),
+                             grouped_readout=grouped)
     model = BrainEncoder(cfg, lh_m, rh_m, rngs=nnx.Rngs(0))
     mesh = mesh_lib.make_mesh(1)
     tx = optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(5e-4, weight_decay=1e-4))
@@ -66,7 +88,7 @@ def decoder_jax(a, lh_m, rh_m) -> float:
         "x": rng.standard_normal((a.batch, a.dim, a.grid, a.grid), np.float32),
         "lh": rng.standard_normal((a.batch, a.vertices), np.float32),
         "rh": rng.standard_normal((a.batch, a.vertices), np.float32),
-        "weight": np.ones(a.batch, np.float32)}, mesh)
+        "weight": np.ones(a.batch, np.float32)}, mesh, keys=None)
     key = jax.random.key(0)
 
     def step():
@@ -117,13 +139,16 @@ def extraction(a, dtype) -> float:
     return a.extract_batch / _best(run, a.repeats)
 
 
-def main() -> None:
+TINY = dict(batch=4, dim=32, grid=5, vertices=300, heads=4, ff=48, backbone="small",
+            image_size=56, extract_batch=2, repeats=1)
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=16, help="decoder batch (upstream: 16)")
     p.add_argument("--dim", type=int, default=768, help="feature channels = decoder width")
     p.add_argument("--grid", type=int, default=31, help="feature grid side (434 px -> 31)")
     p.add_argument("--vertices", type=int, default=19004, help="vertices per hemisphere")
-    p.add_argument("--rois", type=int, default=24, help="named ROIs per hemisphere")
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--ff", type=int, default=1024)
     p.add_argument("--backbone", choices=("vitb14", "small"), default="vitb14")
@@ -131,20 +156,36 @@ def main() -> None:
     p.add_argument("--extract-batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-torch", action="store_true")
-    a = p.parse_args()
+    p.add_argument("--skip-extraction", action="store_true")
+    p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes: checks the script runs")
+    a = p.parse_args(argv)
+    if a.tiny:
+        for k, v in TINY.items():
+            setattr(a, k, v)
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0]}); "
           f"decoder batch {a.batch}, features [{a.dim}, {a.grid}, {a.grid}], "
-          f"{a.vertices} vertices x 2 hemispheres, {2 * (a.rois + 1)} queries")
+          f"{a.vertices} vertices x 2 hemispheres")
     rng = np.random.default_rng(1)
-    lh_m, rh_m = _masks(a.rois, a.vertices, rng), _masks(a.rois, a.vertices, rng)
-    jx = decoder_jax(a, lh_m, rh_m)
-    print(f"decoder train step, JAX:     {jx:9.1f} images/s")
+    lh_m, rh_m = _masks(a.vertices, rng), _masks(a.vertices, rng)
+    reads = np.concatenate([lh_m.sum(0), rh_m.sum(0)])
+    print(f"{len(lh_m) + len(rh_m)} queries; a vertex reads {int(reads.min())}-{int(reads.max())} "
+          f"(mean {reads.mean():.2f}) of them")
+    jx = decoder_jax(a, lh_m, rh_m, grouped=True)
+    print(f"decoder train step, JAX grouped readout: {jx:9.2f} images/s")
+    jd = decoder_jax(a, lh_m, rh_m, grouped=False)
+    print(f"decoder train step, JAX dense readout:   {jd:9.2f} images/s")
     if not a.skip_torch:
         import torch
 
+        torch.set_num_threads(a.threads)
         th = decoder_torch(a, lh_m, rh_m)
-        print(f"decoder train step, PyTorch: {th:9.1f} images/s "
-              f"(CPU, {torch.get_num_threads()} threads; JAX/PyTorch {jx / th:.2f}x)")
+        print(f"decoder train step, PyTorch reference:   {th:9.2f} images/s "
+              f"(CPU, {torch.get_num_threads()} threads)")
+        print(f"ratio vs reference: decoder step, grouped readout {jx / th:.2f}x")
+        print(f"ratio vs reference: decoder step, dense readout {jd / th:.2f}x")
+    if a.skip_extraction:
+        return
     for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
         r = extraction(a, dtype)
         print(f"feature extraction {a.backbone} {a.image_size}px {name}: {r:8.2f} images/s")

@@ -3,11 +3,15 @@
 Public API (imported on first use)::
 
     from popt_jax.fmri import (DinoV2, DinoV2Config, load_dinov2, BrainEncoder,
-                               BrainEncoderConfig, challenge_score, pearson_r)
+                               BrainEncoderConfig, challenge_score, challenge_scores,
+                               pearson_r, predict_images, ensemble_job)
 
 Modules: `dinov2` (backbone), `convert_dinov2` (its weights), `decoder` (ROI-query decoder and
 readout, upstream state_dict import), `algonauts` (reader), `synthetic_algonauts`,
-`feature_cache` (backbone features on disk), `metrics`, `plots`, `train` (the job).
+`feature_cache` (backbone features on disk), `metrics`, `plots`, `recipe` (upstream's split
+file, output names, block numbering, image resizing), `inputs` (subject, backbone, features,
+model of a run), `evaluate` (best-epoch evaluation), `train` (the job), `ensemble` (the
+ensemble job), `predict` (`predict_images`).
 """
 
 import importlib
@@ -15,7 +19,8 @@ import importlib
 _API = {
     "DinoV2": "dinov2", "DinoV2Config": "dinov2", "load_dinov2": "convert_dinov2",
     "BrainEncoder": "decoder", "BrainEncoderConfig": "decoder",
-    "challenge_score": "metrics", "pearson_r": "metrics",
+    "challenge_score": "metrics", "challenge_scores": "metrics", "pearson_r": "metrics",
+    "predict_images": "predict", "ensemble_job": "ensemble",
 }
 __all__ = sorted(_API)
 

@@ -211,6 +211,21 @@ def load_mapping(path: str | os.PathLike) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
+def noise_ceiling_fraction(nc: np.ndarray, path) -> np.ndarray:
+    """A noise-ceiling array as a fraction of explainable variance.
+
+    The release's `{lh,rh}_noise_ceiling.npy` hold one value per vertex, either as a fraction
+    in [0, 1] (used as is) or in percent (any value above 1: divided by 100). NaN or negative
+    values are refused.
+    """
+    nc = np.asarray(nc, np.float64)
+    if np.isnan(nc).any():
+        raise DataError(path, f"noise ceiling has {int(np.isnan(nc).sum())} NaN values")
+    if (nc < 0).any():
+        raise DataError(path, "noise ceiling has negative values")
+    return nc / 100.0 if nc.size and nc.max() > 1.0 else nc
+
+
 # --------------------------------------------------------------------------------------------
 # One subject
 # --------------------------------------------------------------------------------------------
@@ -279,6 +294,7 @@ class AlgonautsSubject:
                 if unknown:
                     raise DataError(self._roi_path(hemi, family),
                                     f"ROI ids {unknown[:5]} are not in mapping_{family}.npy")
+            self._check_test_split(hemi, fmri.shape[1])
             fs = self.fsaverage_mask(hemi)
             if fs is not None and int(fs.sum()) != fmri.shape[1]:
                 raise DataError(self.dir / "roi_masks" / f"{hemi}.all-vertices_fsaverage_space.npy",
@@ -327,15 +343,54 @@ class AlgonautsSubject:
         p = self.dir / "roi_masks" / f"{hemi}.all-vertices_fsaverage_space.npy"
         return _load_array(p, "fsaverage mask").astype(bool) if p.exists() else None
 
-    def noise_ceiling(self, hemi: str) -> np.ndarray | None:
-        """Per-vertex noise ceiling as a fraction (percent files are divided by 100), or None."""
-        p = self.dir / "training_split" / "training_fmri" / f"{hemi}_noise_ceiling.npy"
+    def _noise_ceiling(self, p: Path, hemi: str) -> np.ndarray | None:
         if not p.exists():
             return None
-        nc = _load_array(p, "noise ceiling").astype(np.float64)
+        nc = _load_array(p, "noise ceiling")
         if nc.shape != (self.n_vertices(hemi),):
-            raise DataError(p, f"has shape {nc.shape}, expected ({self.n_vertices(hemi)},)")
-        return nc / 100.0 if np.nanmax(nc) > 1.0 else nc
+            raise DataError(p, f"has {nc.shape} values but {hemi}_training_fmri.npy has "
+                            f"{self.n_vertices(hemi)} vertices")
+        return noise_ceiling_fraction(nc, p)
+
+    def noise_ceiling(self, hemi: str) -> np.ndarray | None:
+        """Per-vertex noise ceiling of the training split (fraction), or None.
+
+        Not part of the challenge release; the synthetic subject writes one (scores on the
+        validation split use it)."""
+        return self._noise_ceiling(
+            self.dir / "training_split" / "training_fmri" / f"{hemi}_noise_ceiling.npy", hemi)
+
+    def _test_fmri_path(self, hemi: str) -> Path:
+        return self.dir / "test_split" / "test_fmri" / f"{hemi}_test_fmri.npy"
+
+    def _test_nc_path(self, hemi: str) -> Path:
+        return self.dir / "test_split" / "noise_ceiling" / f"{hemi}_noise_ceiling.npy"
+
+    def test_fmri(self, hemi: str) -> np.ndarray | None:
+        """[n_test, n_vertices] held-out responses (the post-challenge release), or None."""
+        p = self._test_fmri_path(hemi)
+        return _load_array(p, f"{hemi} test fMRI", mmap=True) if p.exists() else None
+
+    def test_noise_ceiling(self, hemi: str) -> np.ndarray | None:
+        """Per-vertex noise ceiling of the test split (fraction), or None."""
+        return self._noise_ceiling(self._test_nc_path(hemi), hemi)
+
+    def _check_test_split(self, hemi: str, n_vertices: int) -> None:
+        fmri = self.test_fmri(hemi)
+        if fmri is None:
+            return
+        p = self._test_fmri_path(hemi)
+        if fmri.ndim != 2 or fmri.shape != (len(self.test_images), n_vertices):
+            raise DataError(p, f"has shape {fmri.shape}, expected [{len(self.test_images)} test "
+                            f"images, {n_vertices} vertices]")
+        if not self._test_nc_path(hemi).exists():
+            raise DataError(p, f"test fMRI has no noise ceiling ({self._test_nc_path(hemi)} is "
+                            "missing); the challenge score needs both")
+        self.test_noise_ceiling(hemi)
+
+    @property
+    def has_test_fmri(self) -> bool:
+        return all(self._test_fmri_path(h).exists() for h in HEMIS)
 
     # ROI structure
     def query_masks(self, hemi: str, readout: str = "rois_all"

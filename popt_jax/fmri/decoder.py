@@ -14,6 +14,13 @@ which is the decoder's memory as is (upstream runs 0 encoder layers). Per SPEC s
 * readout per hemisphere: Linear(D -> n_vertices) applied to each of the hemisphere's query
   tokens, and vertex v's prediction = sum_q mask[q, v] * out[q, v].
 
+The `rois_all` readout is computed grouped (`grouped_readout=True`, the default): a vertex
+reads only the 1-3 queries whose ROIs contain it, so vertices are grouped by that set of
+queries (their mask column); each group's tokens are summed once and multiply only the group's
+Linear columns: sum_q m[q, v] (t_q . W_v + b_v) = (sum_q m[q, v] t_q) . W_v + b_v sum_q m[q, v],
+the same sums regrouped, forward and backward, at about 1/Q of the dense readout's
+multiply-adds. `grouped_readout=False` keeps the dense Linear-then-mask form (upstream's).
+
 Readout modes as upstream offers them for this decoder (`readout_res`):
 
 * `rois_all`: as above;
@@ -31,6 +38,7 @@ unused `self_attn`, `norm2` and `memory_proj` tensors are accepted and ignored).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any
 
@@ -42,7 +50,7 @@ from flax import nnx
 from popt_jax.core import torch_io
 from popt_jax.core.nn import Buffer
 
-__all__ = ["BrainEncoderConfig", "BrainEncoder", "sine_position_code", "from_torch_state_dict",
+__all__ = ["BrainEncoderConfig", "BrainEncoder", "ReadoutPlan", "GroupedReadout", "sine_position_code", "from_torch_state_dict",
            "to_torch_state_dict", "READOUTS"]
 
 READOUTS = ("rois_all", "hemis", "voxels")
@@ -63,6 +71,8 @@ class BrainEncoderConfig:
       lh_queries, rh_queries: queries per hemisphere (rois_all: mask rows; hemis: 1 each;
         voxels: = the vertex counts).
       temperature: of the sine position code.
+      grouped_readout: `rois_all` readout by query groups (see the module docstring);
+        False = upstream's dense Linear over every query, then the masks.
     """
 
     hidden_dim: int = 768
@@ -75,6 +85,7 @@ class BrainEncoderConfig:
     lh_queries: int = 0
     rh_queries: int = 0
     temperature: float = 10000.0
+    grouped_readout: bool = True
 
     def __post_init__(self):
         if self.readout not in READOUTS:
@@ -111,6 +122,100 @@ def sine_position_code(h: int, w: int, dim: int, temperature: float = 10000.0,
         return np.where(np.arange(npf) % 2 == 0, np.sin(a), np.cos(a)).astype(np.float32)
 
     return np.concatenate([axis(y), axis(x)], -1).reshape(h * w, dim)
+
+
+MAX_GROUPS = 1024  # more distinct query sets than this: the dense readout is cheaper to compile
+CHUNK = 128  # rows per block of the grouped readout's weight (a group pads to a multiple)
+
+
+class ReadoutPlan:
+    """Static grouping of one hemisphere's vertices by the set of queries that read them.
+
+    Vertices with equal mask columns form a group (`combos` [groups, Q] holds the columns).
+    The grouped readout stores the Linear's rows group by group, each group padded with zero
+    rows to a multiple of `chunk`, as blocks [n_chunks, chunk, D]; `chunk_group` is each
+    block's group and `position` [V] each vertex's row in that storage. Padding rows are never
+    read into a prediction, so they get no gradient and stay zero. Hashable by content, so it
+    can live in a module as static structure.
+
+    Args:
+      masks: [Q, V] readout masks.
+      chunk: rows per block.
+    """
+
+    def __init__(self, masks: np.ndarray, chunk: int = CHUNK):
+        m = np.asarray(masks, np.float32)
+        combos, group = np.unique(m.T, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        sizes = np.bincount(group, minlength=len(combos))
+        n_chunks = -(-sizes // chunk)
+        first_row = np.concatenate([[0], np.cumsum(n_chunks * chunk)[:-1]])
+        order = np.argsort(group, kind="stable")
+        rank = np.empty(len(group), np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        rank[order] = np.arange(len(group)) - starts[group[order]]
+        self.chunk = int(chunk)
+        self.n_vertices = len(group)
+        self.position = (first_row[group] + rank).astype(np.int32)
+        self.chunk_group = np.repeat(np.arange(len(combos)), n_chunks).astype(np.int32)
+        self.combos = combos.astype(np.float32)
+        self.weight_sum = m.sum(0)
+        self._key = hashlib.sha1(m.tobytes() + str((m.shape, chunk)).encode()).hexdigest()
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.combos)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_group)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, ReadoutPlan) and other._key == self._key
+
+    def to_blocks(self, kernel: np.ndarray) -> np.ndarray:
+        """Dense kernel [D, V] -> block storage [n_chunks, chunk, D] (zero padding rows)."""
+        kernel = np.asarray(kernel)
+        rows = np.zeros((self.n_chunks * self.chunk, kernel.shape[0]), kernel.dtype)
+        rows[self.position] = kernel.T
+        return rows.reshape(self.n_chunks, self.chunk, kernel.shape[0])
+
+    def from_blocks(self, blocks) -> np.ndarray:
+        """Block storage (or its gradient) -> the dense kernel [D, V]."""
+        blocks = np.asarray(blocks)
+        return blocks.reshape(-1, blocks.shape[-1])[self.position].T
+
+
+class GroupedReadout(nnx.Module):
+    """Linear(D -> V) read through the masks, computed per query group (module docstring).
+
+    Holds `weight` [n_chunks, chunk, D] (see `ReadoutPlan`) and `bias` [V]; the PyTorch
+    layout (`{hemi}_embed.0.weight` [V, D]) is converted on import and export.
+    """
+
+    def __init__(self, plan: ReadoutPlan, kernel: np.ndarray, bias: np.ndarray):
+        self.plan = plan
+        self.weight = nnx.Param(jnp.asarray(plan.to_blocks(kernel)))
+        self.bias = nnx.Param(jnp.asarray(bias))
+
+    def dense_kernel(self, blocks=None) -> np.ndarray:
+        """[D, V] view of `weight` (or of `blocks`, e.g. its gradient)."""
+        return self.plan.from_blocks(self.weight.value if blocks is None else blocks)
+
+    def __call__(self, tokens):
+        """tokens [B, Q, D] -> [B, V]."""
+        p = self.plan
+        # each group's tokens summed once (0/1 weights: exact sums of the same terms)
+        summed = jnp.einsum("gq,bqd->gdb", jnp.asarray(p.combos, tokens.dtype), tokens,
+                            precision=jax.lax.Precision.HIGHEST)
+        per_block = summed[jnp.asarray(p.chunk_group)]                       # [K, D, B]
+        out = jnp.einsum("kcd,kdb->kcb", self.weight.value.astype(tokens.dtype), per_block)
+        out = out.reshape(-1, tokens.shape[0])[jnp.asarray(p.position)].T    # [B, V]
+        bias = self.bias.value.astype(tokens.dtype)
+        return out + bias * jnp.asarray(p.weight_sum, tokens.dtype)
 
 
 class _Init:
@@ -212,6 +317,7 @@ class BrainEncoder(nnx.Module):
     def __init__(self, cfg: BrainEncoderConfig, lh_masks: np.ndarray | None = None,
                  rh_masks: np.ndarray | None = None, *, rngs: nnx.Rngs, dtype=None):
         self.config = cfg
+        plans = None
         if cfg.readout == "rois_all":
             for name, m, q, v in (("lh", lh_masks, cfg.lh_queries, cfg.lh_vertices),
                                   ("rh", rh_masks, cfg.rh_queries, cfg.rh_vertices)):
@@ -221,6 +327,10 @@ class BrainEncoder(nnx.Module):
                                      f"got {got}")
             self.lh_masks = Buffer(jnp.asarray(lh_masks, jnp.float32))
             self.rh_masks = Buffer(jnp.asarray(rh_masks, jnp.float32))
+            if cfg.grouped_readout:
+                grouped = {"lh": ReadoutPlan(lh_masks), "rh": ReadoutPlan(rh_masks)}
+                if max(p.n_groups for p in grouped.values()) <= MAX_GROUPS:
+                    plans = grouped
         elif cfg.readout == "hemis" and (cfg.lh_queries, cfg.rh_queries) != (1, 1):
             raise ValueError("the hemis readout has one query per hemisphere")
         elif cfg.readout == "voxels" and (cfg.lh_queries, cfg.rh_queries) != (
@@ -232,10 +342,17 @@ class BrainEncoder(nnx.Module):
                                                  jnp.float32))
         self.layer = DecoderLayer(cfg, rngs=rngs, init=init, dtype=dtype)
         self.norm = nnx.LayerNorm(d, epsilon=LN_EPS, rngs=rngs, dtype=dtype)
-        self.lh_embed = _linear(d, cfg.lh_vertices, rngs, kernel_init=init.torch_default(d),
-                                bias_init=init.torch_default(d), dtype=dtype)
-        self.rh_embed = _linear(d, cfg.rh_vertices, rngs, kernel_init=init.torch_default(d),
-                                bias_init=init.torch_default(d), dtype=dtype)
+        for hemi, n_v in (("lh", cfg.lh_vertices), ("rh", cfg.rh_vertices)):
+            if plans is None:
+                setattr(self, f"{hemi}_embed", _linear(d, n_v, rngs,
+                                                       kernel_init=init.torch_default(d),
+                                                       bias_init=init.torch_default(d),
+                                                       dtype=dtype))
+            else:  # the same draws as the Linear, stored by query group
+                kernel = init.torch_default(d)(None, (d, n_v))
+                bias = init.torch_default(d)(None, (n_v,))
+                setattr(self, f"{hemi}_embed", GroupedReadout(
+                    plans[hemi], np.asarray(kernel), np.asarray(bias)))
 
     def decode(self, features, *, deterministic: bool = True):
         """features [B, D, H, W] -> (query tokens [B, Q, D], attention [B, Q, H*W])."""
@@ -258,7 +375,9 @@ class BrainEncoder(nnx.Module):
         if cfg.readout == "hemis":
             return self.lh_embed(lh_t[:, 0]), self.rh_embed(rh_t[:, 0])
 
-        def per_hemi(t, layer: nnx.Linear, masks):
+        def per_hemi(t, layer, masks):
+            if isinstance(layer, GroupedReadout):
+                return layer(t)
             kernel = layer.kernel.value.astype(t.dtype)
             bias = layer.bias.value.astype(t.dtype)
             if cfg.readout == "voxels":  # vertex v reads its own query only
@@ -288,7 +407,6 @@ _UNUSED = ("transformer.memory_proj.", _PREFIX + "self_attn.", _PREFIX + "norm2.
 
 def layout(model: BrainEncoder) -> torch_io.Layout:
     """Where each upstream `brain_encoder` tensor (decoder + readout) lives in `model`."""
-    del model  # the names do not depend on the sizes
     slot, T = torch_io.Slot, torch_io.transpose
     layer, attn = ("layer",), ("layer", "cross_attn")
     out: torch_io.Layout = {"query_embed.weight": [slot(("query_embed",))]}
@@ -307,7 +425,14 @@ def layout(model: BrainEncoder) -> torch_io.Layout:
     out["transformer.decoder.norm.weight"] = [slot(("norm", "scale"))]
     out["transformer.decoder.norm.bias"] = [slot(("norm", "bias"))]
     for hemi in ("lh", "rh"):
-        out[f"{hemi}_embed.0.weight"] = [slot((f"{hemi}_embed", "kernel"), T, T)]
+        emb = getattr(model, f"{hemi}_embed")
+        if isinstance(emb, GroupedReadout):
+            plan = emb.plan
+            out[f"{hemi}_embed.0.weight"] = [slot(
+                (f"{hemi}_embed", "weight"), lambda w, p=plan: p.from_blocks(w).T,
+                lambda a, p=plan: p.to_blocks(a.T))]
+        else:
+            out[f"{hemi}_embed.0.weight"] = [slot((f"{hemi}_embed", "kernel"), T, T)]
         out[f"{hemi}_embed.0.bias"] = [slot((f"{hemi}_embed", "bias"))]
     return out
 

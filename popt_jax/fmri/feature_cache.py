@@ -35,7 +35,7 @@ from absl import logging
 from popt_jax.core.logs import Progress
 from popt_jax.errors import DataError
 from popt_jax.fmri import dinov2
-from popt_jax.fmri.algonauts import read_png
+from popt_jax.fmri.recipe import load_image
 
 __all__ = ["FORMAT", "cache_key", "cache_features", "load_features", "FeatureReader",
            "backbone_fingerprint"]
@@ -61,8 +61,11 @@ def _names_sha(files: Sequence[Path]) -> str:
 
 
 def cache_key(backbone: str, kind: str, block: int, files: Sequence[Path],
-              compute_dtype: str = "float32") -> str:
-    blob = json.dumps([FORMAT, backbone, kind, int(block), _names_sha(files), compute_dtype])
+              compute_dtype: str = "float32", image_size: int | None = None) -> str:
+    parts = [FORMAT, backbone, kind, int(block), _names_sha(files), compute_dtype]
+    if image_size:  # appended only when set, so existing stores keep their keys
+        parts.append(int(image_size))
+    blob = json.dumps(parts)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -93,7 +96,8 @@ def _open_store(path: Path, attrs: dict[str, Any], shape: tuple[int, ...]) -> h5
 def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.PathLike, *,
                    kind: str = "dinov2_q", block: int = -1, batch_size: int = 16,
                    compute_dtype: str = "float32", backbone: str | None = None,
-                   label: str = "", progress_every_s: float = 10.0) -> Path:
+                   label: str = "", progress_every_s: float = 10.0,
+                   image_size: int | None = None) -> Path:
     """Extracts features of the PNG `files` into the HDF5 store at `path` (resuming).
 
     Args:
@@ -106,6 +110,8 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
       backbone: fingerprint stored in the attrs (default: computed from the weights).
       label: name in the progress lines.
       progress_every_s: seconds between progress lines.
+      image_size: resize every image to this square size before normalising (upstream's
+        `--image_size`); None keeps the files' size.
 
     Returns:
       `path` as a Path, with `completed == n_images`.
@@ -115,12 +121,16 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
     n = len(files)
     if n == 0:
         raise DataError(path, "no images to extract features from")
-    first = read_png(files[0])
+    def read_image(p):  # resized as upstream when image_size is set
+        return load_image(p, image_size)
+
+    first = read_image(files[0])
     p = model.config.patch_size
     gh, gw = dinov2.padded_size(first.shape[0], p) // p, dinov2.padded_size(first.shape[1], p) // p
     attrs = {"format": FORMAT, "n_images": n, "kind": kind, "block": int(block),
              "backbone": backbone or backbone_fingerprint(model),
-             "image_names_sha1": _names_sha(files), "compute_dtype": compute_dtype}
+             "image_names_sha1": _names_sha(files), "compute_dtype": compute_dtype,
+             "image_size": int(image_size or 0)}
     shape = (n, model.config.embed_dim, gh, gw)
     f = _open_store(path, attrs, shape)
     try:
@@ -135,7 +145,8 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
         dtype = jnp.dtype(compute_dtype)
         with ThreadPoolExecutor(max_workers=4) as pool:
             def submit(a):
-                return [pool.submit(read_png, files[i]) for i in range(a, min(a + batch_size, n))]
+                return [pool.submit(read_image, files[i])
+                        for i in range(a, min(a + batch_size, n))]
 
             pending = submit(start)
             for a in range(start, n, batch_size):

@@ -6,9 +6,10 @@ baseline and submission files (figures: `popt_jax.fmri.plots`).
 * `summarize`: mean r per hemisphere over all vertices, per named ROI (all six families) and
   per family; `mean_r` = (left mean + right mean) / 2 is upstream's `val_perf`, the model
   selection criterion.
-* `challenge_score`: the Algonauts 2023 noise-normalised squared correlation, in percent:
-  100 * mean_v(max(r_v, 0)^2 / nc_v) over vertices with a positive noise ceiling nc_v
-  (a fraction of explainable variance).
+* `challenge_score` / `challenge_scores`: the Algonauts 2023 score exactly as the devkit computes
+  it: per vertex r (NaN, from a constant column, counts as 0); r < 0 set to 0; the noise
+  ceiling nc as a fraction with nc == 0 replaced by 1e-14; 100 * min(r^2 / nc, 1) per vertex;
+  the mean over vertices, per hemisphere and overall (all vertices of both hemispheres).
 * `ridge_baseline`: closed-form ridge regression in JAX from pooled or flattened features,
   with an intercept and the penalty chosen on validation (one for all vertices). Uses the
   primal (features x features) or dual (images x images) eigendecomposition, whichever is
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["pearson_r", "summarize", "challenge_score", "ridge_baseline", "pool_features",
+__all__ = ["pearson_r", "summarize", "challenge_score", "challenge_scores", "vertex_scores", "ridge_baseline", "pool_features",
            "save_submission"]
 
 _HI = jax.lax.Precision.HIGHEST
@@ -49,14 +50,30 @@ def _mean0(r: np.ndarray) -> float:
     return float(np.mean(np.nan_to_num(r, nan=0.0))) if r.size else float("nan")
 
 
-def challenge_score(r: np.ndarray, noise_ceiling: np.ndarray) -> float:
-    """Noise-normalised squared correlation (percent), negatives set to 0; see module doc."""
+NC_ZERO = 1e-14  # the devkit's stand-in for a zero noise ceiling
+
+
+def vertex_scores(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
+    """Per-vertex devkit score in percent: 100 * min(max(r, 0)^2 / nc, 1), nc == 0 -> 1e-14."""
     r = np.nan_to_num(np.asarray(r, np.float64), nan=0.0)
     nc = np.asarray(noise_ceiling, np.float64)
-    keep = nc > 0
-    if not keep.any():
-        return float("nan")
-    return float(100.0 * np.mean(np.maximum(r[keep], 0.0) ** 2 / nc[keep]))
+    if r.shape != nc.shape:
+        raise ValueError(f"{r.shape[0]} correlations but {nc.shape[0]} noise-ceiling values")
+    nc = np.where(nc == 0, NC_ZERO, nc)
+    return 100.0 * np.minimum(np.maximum(r, 0.0) ** 2 / nc, 1.0)
+
+
+def challenge_score(r: np.ndarray, noise_ceiling: np.ndarray) -> float:
+    """Mean devkit score over the vertices of `r` (percent); see `vertex_scores`."""
+    return float(np.mean(vertex_scores(r, noise_ceiling)))
+
+
+def challenge_scores(r: dict[str, np.ndarray], noise_ceiling: dict[str, np.ndarray]
+                     ) -> dict[str, float]:
+    """{'lh', 'rh', 'overall'}: per hemisphere and over all vertices of both (percent)."""
+    per = {h: vertex_scores(r[h], noise_ceiling[h]) for h in ("lh", "rh")}
+    return {"lh": float(per["lh"].mean()), "rh": float(per["rh"].mean()),
+            "overall": float(np.concatenate([per["lh"], per["rh"]]).mean())}
 
 
 def summarize(r: dict[str, np.ndarray], rois: dict[str, list[tuple[str, str, np.ndarray]]],
@@ -70,7 +87,8 @@ def summarize(r: dict[str, np.ndarray], rois: dict[str, list[tuple[str, str, np.
 
     Returns:
       {'mean_r', 'mean_r_lh', 'mean_r_rh', 'roi': {name: {'lh', 'rh'}},
-       'family': {family: {'lh', 'rh'}}, 'challenge' (percent or None), ...}
+       'family': {family: {'lh', 'rh'}}, 'challenge' (percent over all vertices, or None),
+       'challenge_lh', 'challenge_rh'}
     """
     out: dict[str, Any] = {"mean_r_lh": _mean0(r["lh"]), "mean_r_rh": _mean0(r["rh"])}
     out["mean_r"] = (out["mean_r_lh"] + out["mean_r_rh"]) / 2
@@ -85,10 +103,8 @@ def summarize(r: dict[str, np.ndarray], rois: dict[str, list[tuple[str, str, np.
                      for f, d in fam.items()}
     out["challenge"] = None
     if noise_ceiling and all(noise_ceiling.get(h) is not None for h in ("lh", "rh")):
-        lh = challenge_score(r["lh"], noise_ceiling["lh"])
-        rh = challenge_score(r["rh"], noise_ceiling["rh"])
-        out["challenge_lh"], out["challenge_rh"] = lh, rh
-        out["challenge"] = (lh + rh) / 2
+        c = challenge_scores(r, noise_ceiling)
+        out["challenge_lh"], out["challenge_rh"], out["challenge"] = c["lh"], c["rh"], c["overall"]
     return out
 
 

@@ -88,3 +88,45 @@ def plot_attention(image: np.ndarray, attention: np.ndarray, names: Sequence[str
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_block_weights(weights: dict[str, np.ndarray], blocks: Sequence[int],
+                       path: str | os.PathLike) -> Path:
+    """Histogram per hemisphere of each backbone block's per-vertex ensemble weight."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(weights), figsize=(4.5 * len(weights), 3.2))
+    for ax, (hemi, w) in zip(np.atleast_1d(axes), weights.items(), strict=True):
+        for b, row in zip(blocks, w, strict=True):
+            ax.hist(row, bins=20, range=(0, 1), alpha=0.6,
+                    label=f"enc_output_layer {b} (mean {row.mean():.2f})")
+        ax.set_xlabel("per-vertex weight")
+        ax.set_title(hemi, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_top_images(images: dict[str, list[np.ndarray]], scores: dict[str, np.ndarray],
+                    path: str | os.PathLike) -> Path:
+    """A grid: one row per ROI, its top images left to right with their predicted response."""
+    plt = _pyplot()
+    rows, cols = len(images), max(len(v) for v in images.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for r, (name, imgs) in enumerate(images.items()):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(imgs[c])
+                ax.set_title(f"{scores[name][c]:.2f}", fontsize=7)
+        axes[r, 0].text(-0.1, 0.5, name, transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    fig.suptitle("top predicted images per ROI (mean over its vertices)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -14,6 +14,15 @@ image-driven part is left out: responses are pure noise and nothing can predict 
 
 The noise ceiling written is the true fraction of response variance that is image-driven,
 snr / (snr + 1), so the challenge metric has a known maximum of 100%.
+
+`spatial=True` (the brain-encoder config's default) gives the responses ROI-specific spatial
+structure: a coarse 4 x 4 patchwork of random colours is blended into every image, and each
+named ROI of the five query families is driven by the colour and edge energy inside its own
+block of that patchwork (its "place", listed in `synthetic_truth.json`), so a model must look
+at the right place to predict an ROI, and pooling the image's features over the whole grid
+loses what each ROI needs. `test_fmri=True` also writes the held-out responses of the test
+images and their noise ceiling in the post-challenge layout (`test_split/test_fmri/`,
+`test_split/noise_ceiling/`).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import numpy as np
 from popt_jax.fmri.algonauts import FAMILIES, HEMIS, write_png
 
 __all__ = ["SyntheticAlgonautsConfig", "write_synthetic_algonauts", "ROI_NAMES",
-           "image_statistics"]
+           "image_statistics", "local_statistics", "PATCHWORK"]
 
 # The ROI names of the challenge release (id order), id 0 = vertices outside the family.
 ROI_NAMES = {
@@ -54,6 +63,8 @@ class SyntheticAlgonautsConfig:
       snr_range: per-vertex signal-to-noise variance ratio, drawn uniformly.
       plant: False -> responses are noise only.
       seed: all randomness.
+      spatial: ROI-specific places (see the module docstring).
+      test_fmri: also write test-split responses and noise ceiling.
     """
 
     subject: int = 1
@@ -64,6 +75,8 @@ class SyntheticAlgonautsConfig:
     snr_range: tuple[float, float] = (0.5, 2.0)
     plant: bool = True
     seed: int = 0
+    spatial: bool = False
+    test_fmri: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +127,57 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     centre = np.stack([(x[:, c[0], c[1], 0] - x[:, c[0], c[1], 1]).mean((1, 2)),
                        (dx + dy)[:, c[0], c[1]].mean((1, 2))], -1)
     return np.concatenate(colour + edges + [centre], axis=1)
+
+
+PATCHWORK = 4  # blocks per image side of the spatial mode's colour patchwork
+
+
+def _add_patchwork(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blends a PATCHWORK x PATCHWORK field of random colours into each image."""
+    n, size = images.shape[:2]
+    cell = np.minimum(np.arange(size) * PATCHWORK // size, PATCHWORK - 1)
+    field = rng.uniform(0, 255, (n, PATCHWORK, PATCHWORK, 3))[:, cell][:, :, cell]
+    return np.clip(np.rint(0.4 * images + 0.6 * field), 0, 255).astype(np.uint8)
+
+
+def local_statistics(images: np.ndarray) -> np.ndarray:
+    """uint8 [n, H, W, 3] -> [n, P, P, 4]: mean R, G, B and edge energy in each patchwork block."""
+    x = images.astype(np.float64) / 255.0
+    n, h, w, _ = x.shape
+    lum = x.mean(-1)
+    edge = (np.abs(np.diff(lum, axis=2, append=lum[:, :, -1:]))
+            + np.abs(np.diff(lum, axis=1, append=lum[:, -1:, :])))
+    feats = np.concatenate([x, edge[..., None]], -1)
+    ys = np.minimum(np.arange(h) * PATCHWORK // h, PATCHWORK - 1)
+    xs = np.minimum(np.arange(w) * PATCHWORK // w, PATCHWORK - 1)
+    out = np.zeros((n, PATCHWORK, PATCHWORK, 4))
+    for by in range(PATCHWORK):
+        for bx in range(PATCHWORK):
+            out[:, by, bx] = feats[:, ys == by][:, :, xs == bx].mean((1, 2))
+    return out
+
+
+def _places(rng: np.random.Generator) -> dict[str, tuple[int, int]]:
+    """A patchwork block per named ROI of the query families (retinotopic-like spread)."""
+    names = [n for f in FAMILIES[:5] for n in ROI_NAMES[f]]
+    cells = rng.permutation(PATCHWORK * PATCHWORK)
+    return {name: (int(cells[i % len(cells)] // PATCHWORK), int(cells[i % len(cells)] %
+                                                               PATCHWORK))
+            for i, name in enumerate(names)}
+
+
+def _spatial_drives(images: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
+    """Per ROI: its drive over images (from its own block) and its place."""
+    local = local_statistics(images)
+    local = (local - local.mean(0)) / (local.std(0) + 1e-9)
+    places = _places(rng)
+    drives = {}
+    for name, (by, bx) in places.items():
+        w = rng.normal(0, 1, 4)
+        w[3] += np.sign(w[3]) * 0.5
+        drives[name] = local[:, by, bx] @ w
+    return drives, places
 
 
 def _templates(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -176,16 +240,18 @@ def _roi_maps(n_v: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def _responses(stats: np.ndarray, maps: dict[str, np.ndarray], tuning: dict[str, np.ndarray],
-               cfg: SyntheticAlgonautsConfig, rng: np.random.Generator
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """[n_images, n_v] responses and the per-vertex noise ceiling (fraction)."""
+               cfg: SyntheticAlgonautsConfig, rng: np.random.Generator,
+               drives: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[n_images, n_v] responses and the per-vertex noise ceiling (fraction).
+
+    `drives` (spatial mode) replaces each named ROI's template drive by its own."""
     n_v = len(maps["streams"])
     z = (stats - stats.mean(0)) / (stats.std(0) + 1e-9)
     signal = np.zeros((len(stats), n_v))
     for family in FAMILIES[:5]:
         for i, name in enumerate(ROI_NAMES[family]):
             members = np.flatnonzero(maps[family] == i + 1)
-            drive = z @ tuning[name]
+            drive = z @ tuning[name] if drives is None else drives[name]
             signal[:, members] += drive[:, None] * rng.uniform(0.5, 1.5, len(members))
     unknown = signal.std(0) == 0
     weak = z @ rng.normal(0, 1, (z.shape[1], n_v))
@@ -215,14 +281,25 @@ def write_synthetic_algonauts(root: str | Path, cfg: SyntheticAlgonautsConfig = 
         d.mkdir(parents=True, exist_ok=True)
 
     images = _make_images(cfg.n_train + cfg.n_test, cfg.image_size, rng)
+    # The optional modes draw from their own stream, so the default subject stays as it was.
+    extra = np.random.default_rng([cfg.seed, 1])
+    if cfg.spatial:
+        images = _add_patchwork(images, extra)
     for i in range(cfg.n_train):
         # the challenge's naming: train-NNNN_nsd-NNNNN.png
         write_png(train_dir / f"train-{i + 1:04d}_nsd-{i:05d}.png", images[i])
     for i in range(cfg.n_test):
         write_png(test_dir / f"test-{i + 1:04d}_nsd-{cfg.n_train + i:05d}.png",
                   images[cfg.n_train + i])
-    stats = image_statistics(images[:cfg.n_train])
+    n_rows = cfg.n_train + (cfg.n_test if cfg.test_fmri else 0)
+    stats = image_statistics(images[:n_rows])
     tuning = _templates(rng)
+    drives, places = _spatial_drives(images[:n_rows], extra) if cfg.spatial else (None, {})
+    test_dir_fmri = sdir / "test_split" / "test_fmri"
+    nc_dir = sdir / "test_split" / "noise_ceiling"
+    if cfg.test_fmri:
+        test_dir_fmri.mkdir(parents=True, exist_ok=True)
+        nc_dir.mkdir(parents=True, exist_ok=True)
     for family, names in ROI_NAMES.items():
         _save_mapping(roi_dir / f"mapping_{family}.npy", names)
     ceilings = {}
@@ -230,14 +307,46 @@ def write_synthetic_algonauts(root: str | Path, cfg: SyntheticAlgonautsConfig = 
         maps = _roi_maps(n_v, rng)
         for family, roi in maps.items():
             np.save(roi_dir / f"{hemi}.{family}_challenge_space.npy", roi.astype(np.float32))
-        fmri, nc = _responses(stats, maps, tuning, cfg, rng)
-        np.save(fmri_dir / f"{hemi}_training_fmri.npy", fmri)
+        fmri, nc = _responses(stats, maps, tuning, cfg, rng, drives)
+        np.save(fmri_dir / f"{hemi}_training_fmri.npy", fmri[:cfg.n_train])
+        if cfg.test_fmri:
+            np.save(test_dir_fmri / f"{hemi}_test_fmri.npy", fmri[cfg.n_train:])
+            # without a planted signal nothing is explainable: the true ceiling is 0
+            np.save(nc_dir / f"{hemi}_noise_ceiling.npy",
+                    (nc if cfg.plant else 0.0 * nc).astype(np.float32))
         if cfg.plant:
             np.save(fmri_dir / f"{hemi}_noise_ceiling.npy", nc.astype(np.float32))
             ceilings[hemi] = float(nc.mean())
         fs = np.zeros(3 * n_v, bool)
         fs[np.sort(rng.choice(3 * n_v, n_v, replace=False))] = True
         np.save(roi_dir / f"{hemi}.all-vertices_fsaverage_space.npy", fs)
-    truth = {"config": dataclasses.asdict(cfg), "mean_noise_ceiling": ceilings}
+    truth = {"config": dataclasses.asdict(cfg), "mean_noise_ceiling": ceilings,
+             "places": {k: list(v) for k, v in places.items()}, "patchwork": PATCHWORK}
     (sdir / "synthetic_truth.json").write_text(json.dumps(truth, indent=1))
     return sdir
+
+
+def attention_on_places(mean_attention: np.ndarray, names: list[str],
+                        places: dict[str, list[int]], grid: tuple[int, int]) -> dict[str, float]:
+    """How well ROI queries' attention [Q, gh*gw] lands on their planted places.
+
+    Returns the share of planted ROIs whose attention peak lies in their block (chance
+    1 / PATCHWORK^2), and the median over them of (attention mass in the block) / (the
+    block's share of the grid) (1 = no preference).
+    """
+    gh, gw = grid
+    hits, ratios = [], []
+    for q, name in enumerate(names):
+        if name not in places:
+            continue
+        by, bx = places[name]
+        a = np.asarray(mean_attention[q], np.float64).reshape(gh, gw)
+        ys = np.arange(gh) * PATCHWORK // gh == by
+        xs = np.arange(gw) * PATCHWORK // gw == bx
+        peak = np.unravel_index(int(a.argmax()), a.shape)
+        hits.append(bool(ys[peak[0]] and xs[peak[1]]))
+        ratios.append(a[np.ix_(ys, xs)].sum() / a.sum() / (ys.sum() * xs.sum() / (gh * gw)))
+    if not hits:
+        return {}
+    return {"peak_in_place": float(np.mean(hits)), "chance": 1.0 / PATCHWORK ** 2,
+            "median_mass_ratio": float(np.median(ratios)), "rois": len(hits)}

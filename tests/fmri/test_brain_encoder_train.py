@@ -31,6 +31,7 @@ def tiny_config(**synthetic):
     s = c.data.synthetic
     s.n_train, s.n_test, s.image_size = 200, 8, 56
     s.lh_vertices, s.rh_vertices = 100, 90
+    s.spatial = False  # the global-statistics subject these assertions were written for
     for k, v in synthetic.items():
         setattr(s, k, v)
     c.backbone.embed_dim, c.backbone.depth, c.backbone.num_heads = 32, 1, 2

@@ -26,9 +26,9 @@ def test_pearson_hand_computed():
 def test_challenge_score_hand_computed():
     r = np.array([0.5, -0.2, 0.3, np.nan])
     nc = np.array([0.5, 0.4, 0.0, 0.25])
-    # kept: nc > 0 -> 0.5^2/0.5 = 0.5, negative r -> 0, NaN r -> 0; mean 1/6 -> 16.67 %
-    assert E.challenge_score(r, nc) == pytest.approx(100 / 6)
-    assert math.isnan(E.challenge_score(r, np.zeros(4)))
+    # devkit: 0.5^2/0.5 = 50 %, negative r -> 0, nc == 0 -> 1e-14 (capped at 100 %), NaN r -> 0
+    assert E.challenge_score(r, nc) == pytest.approx((50 + 0 + 100 + 0) / 4)
+    assert E.challenge_score(r, np.zeros(4)) == pytest.approx(50)
     # a perfect model at the noise ceiling scores 100
     assert E.challenge_score(np.sqrt([0.3, 0.6]), np.array([0.3, 0.6])) == pytest.approx(100)
 
@@ -50,7 +50,8 @@ def test_summarize_hand_computed():
     assert s["family"]["B"]["lh"] == pytest.approx(0.25)
     lh = 100 * np.mean(np.array([0.01, 0.04, 0.09, 0.0]) / 0.5)
     rh = 100 * np.mean(np.array([0.16, 0.36]) / 0.5)
-    assert s["challenge"] == pytest.approx((lh + rh) / 2)
+    assert s["challenge_lh"] == pytest.approx(lh) and s["challenge_rh"] == pytest.approx(rh)
+    assert s["challenge"] == pytest.approx((4 * lh + 2 * rh) / 6)  # over all vertices
     assert E.summarize(r, rois)["challenge"] is None
 
 
