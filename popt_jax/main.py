@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Job configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (default: the config's `workdir`).")
 
-JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder")
+JOB_NAMES = ("extract_features", "pretrain", "finetune", "harness", "brain_encoder")
 
 
 def run_job(job: str, config, workdir: str):
@@ -39,6 +39,10 @@ def run_job(job: str, config, workdir: str):
         from popt_jax.ieeg.train import finetune_job
 
         return finetune_job(config, workdir)
+    if job == "harness":
+        from popt_jax.ieeg.harness import harness_job
+
+        return harness_job(config, workdir)
     if job == "brain_encoder":
         from popt_jax.fmri.train import brain_encoder_job
 

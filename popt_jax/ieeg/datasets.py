@@ -213,14 +213,14 @@ class FeatureStore:
 
     @staticmethod
     def _read(path: Path) -> FileInfo:
-        from popt_jax.ieeg.feature_store import FINETUNE_TASKS, read_attrs
+        from popt_jax.ieeg.feature_store import ALL_TASKS, read_attrs
 
         meta = read_attrs(path)
         tasks = {}
         with h5py.File(path, "r") as f:
             pre = f["pretrain/starts"][:] if "pretrain" in f else np.zeros(0, np.int64)
-            for t in FINETUNE_TASKS:
-                if t in f:
+            for t in ALL_TASKS:
+                if t in f and t != "pretrain":
                     tasks[t] = {k: f[t][k][:] for k in ("index", "labels", "starts")}
         return FileInfo(path=str(path), subject=meta["subject"], trial=meta["trial"],
                         names=meta["electrode_names"], coords=meta["coords"],
@@ -520,7 +520,12 @@ class FinetuneSource:
         keep = np.asarray(entry[split], dtype=np.int64)
         self.example_ids = keep
         self._file, self._row = file_of[keep], row_of[keep]
-        self.labels, self.starts = labels[keep].astype(np.int32), starts[keep]
+        if labels.dtype.kind == "f":  # a regression target: z-scored over the subject (upstream)
+            labels = ((labels - labels.mean()) / max(float(labels.std()), 1e-12)).astype(
+                np.float32)
+        else:
+            labels = labels.astype(np.int32)
+        self.labels, self.starts = labels[keep], starts[keep]
         self._h5 = _LazyH5(self.paths)
 
     def __len__(self) -> int:

@@ -54,8 +54,8 @@ from popt_jax.core.logs import Logs
 from popt_jax.core.metrics import compute_metrics
 from popt_jax.core.overview import parameter_overview
 from popt_jax.errors import TrainingError
-from popt_jax.ieeg import convert, objectives, optim
-from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN
+from popt_jax.ieeg import convert, objectives, optim, variants
+from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN, REGRESSION
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
 CHECKPOINT_FORMAT = "popt_jax.train/1"
@@ -134,7 +134,8 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
     """
     local = mesh_lib.local_batch_size(batch_size, mesh)
     collection = objectives.metrics_class(task).empty()
-    preds = objectives.Predictions.empty()
+    preds = (variants.RegressionPredictions if task == REGRESSION else
+             objectives.Predictions).empty()
     n_batches = 0
     for batch in batches:
         batch = mesh_lib.pad_rows(batch, local)
@@ -142,9 +143,9 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
         m, logits = eval_step(params, gbatch)
         collection = collection.merge(m)
         n_batches += 1
-        if task == FINETUNE:
+        if task != PRETRAIN:
             ids = batch.get("index", np.full(local, -1, np.int64)).astype(np.int64)
-            preds = preds.merge(objectives.Predictions.from_model_output(
+            preds = preds.merge(type(preds).from_model_output(
                 logits=mesh_lib.host_array(logits), labels=mesh_lib.host_array(gbatch["label"]),
                 mask=mesh_lib.host_array(gbatch["weight"]) > 0, ids=mesh_lib.allgather_host(ids)))
     if not n_batches:
@@ -157,7 +158,9 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
     else:
         values["loss"] = values.pop("example_loss")
         out = preds.compute()
-        values["roc_auc"], values["f1"] = out["roc_auc"], out["f1"]
+        for key in ("roc_auc", "f1", "pearson_r", "r2"):
+            if key in out:
+                values[key] = out[key]
         extras = {"predictions": out["predictions"], "labels": out["labels"],
                   "example_ids": out["ids"]}
     return values, extras
@@ -200,7 +203,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
     logging.info("%s model (%s compute, float32 params):\n%s", type(model).__name__,
                  dtype.name, parameter_overview(model))
     parts = steps.split_model(model)
-    tx = optim.make_optimizer(config)
+    tx = variants.make_optimizer(config)
     params = mesh_lib.replicate(parts.params, mesh)
     opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
     train_step = objectives.make_train_step(task, parts, tx, mesh)
@@ -283,6 +286,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
         results = {
             "task": task, "best_step": best, "best_valid": ckpts.manager.metrics(best),
             "test": test, "steps": step, "train_seconds": round(train_seconds, 3),
+            "n_examples": dict(getattr(data, "sizes", {})),
             "model": dataclasses.asdict(popt_cfg), "workdir": str(workdir.absolute()),
             "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
         }
@@ -413,11 +417,9 @@ class StoreData:
             def make(name):
                 return ds.PretrainSource(store, name, pcfg, subjects=list(d.subjects) or None,
                                          selection=selection)
-        else:
-            def make(name):
-                return ds.FinetuneSource(store, str(config.task), str(d.subject), name,
-                                         selection=selection, **split)
-        self.sources = {name: make(name) for name in ("train", "val", "test")}
+            self.sources = {name: make(name) for name in ("train", "val", "test")}
+        else:  # one or several subjects, optionally a few-shot training split (variants)
+            self.sources = variants.finetune_sources(config, store, selection=selection)
         for name, src in self.sources.items():
             if len(src) < n_proc:
                 raise TrainingError(f"the {task} {name} split has {len(src)} examples, fewer "
@@ -425,6 +427,7 @@ class StoreData:
                                     "split fractions")
         first = self.sources["train"][0]
         self.input_dim = int(np.shape(first["a" if task == PRETRAIN else "x"])[-1])
+        self.sizes = {k: len(v) for k, v in self.sources.items()}
         logging.info("%s data from %s: %s examples", task, store,
                      {k: len(v) for k, v in self.sources.items()})
 
@@ -468,6 +471,14 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     mesh_lib.maybe_initialize_distributed(config)
     workdir = Path(workdir)
     store = ensure_features(config, workdir)
+    kind = variants.finetune_kind(str(config.task))
+    data = StoreData(config, store, kind)
+    position_encoding = str(config.get("position_encoding", "") or "")
+    if config.get("random_init", False):  # upstream model.random_init: no weights loaded
+        logging.info("random_init: the PopT body starts from its random initialisation")
+        popt_cfg = variants.override_position_encoding(
+            popt_config_from(config.model, data.input_dim), position_encoding)
+        return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg)
     init = config.get("init_checkpoint") or ""
     if not init:
         pre_cfg = config.pretrain
@@ -481,6 +492,6 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
             logging.info("no init_checkpoint: pretraining first in %s", init)
             pretrain_job(pre_cfg, init)
     popt_cfg, params = load_init(init)
-    data = StoreData(config, store, FINETUNE)
-    return train_and_evaluate(config, workdir, task=FINETUNE, data=data, init_params=params,
+    popt_cfg = variants.override_position_encoding(popt_cfg, position_encoding)
+    return train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
                               popt_cfg=popt_cfg)
