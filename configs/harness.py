@@ -4,8 +4,9 @@
 
 The default runs on the synthetic Brain Treebank (features extracted under the workdir, one
 short pretraining made there and reused): 2 subjects x 2 tasks x 3 variants x 1 seed x 2
-splits = 24 fine-tuning cells of 150 steps, plus the linear baselines; about half an hour on
-a 2-core CPU. Rerunning the command skips every finished cell.
+splits = 24 fine-tuning cells of 150 steps, plus the linear baselines. Rerunning the command
+skips every finished cell. `:tiny` is the same grid with tiny models, 3 steps per cell and
+the popt / random_init variants (minutes; the tests run it).
 
 The paper grid (`:paper`): the fine-tuning recipe of `configs/finetune.py:paper` on the
 upstream test subjects and the four tasks, pretrained, frozen and random-init PopT, 5 seeds,
