@@ -52,9 +52,21 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # store). Override its fields as --config.default_inputs.pretrain.total_steps=...
     config.default_inputs.pretrain = _default_pretrain(pretrain.get_config(arg))
 
+    # Variants upstream offers (popt_jax.ieeg.variants).
+    config.random_init = False  # upstream model.random_init: body not loaded, no pretraining
+    config.frozen_upstream = False  # upstream model.frozen_upstream: only the head trains
+    # "" = the checkpoint's (or config.model's) code; "index" = the no-spatial-code ablation
+    # (upstream's PositionalEncoding of the token index), "multi_subj_position_encoding".
+    config.position_encoding = ""
+
     # Data (popt_jax.data.datasets): the decoding task, subject and split.
-    config.task = "word_onset"  # volume | pitch | sentence_onset | word_onset
-    config.data.subject = "sub_1"  # upstream fine-tunes one subject at a time
+    # volume | pitch | sentence_onset | word_onset | pos (noun vs verb) | rms_reg (regression:
+    # MSE, Pearson r / R^2); pos and rms_reg need a store extracted with them in its tasks.
+    config.task = "word_onset"
+    # upstream fine-tunes one subject at a time; "sub_1,sub_2" trains on several at once
+    config.data.subject = "sub_1"
+    config.data.max_train_examples = 0  # few-shot: cap the training split (0 = all of it)
+    config.data.few_shot_seed = 0  # which (class-stratified) training examples are kept
     # "time_blocked": contiguous, purged blocks (no overlap leak); "random": upstream's
     # 80/10/10 train_test_split(random_state=42), which inflates scores (SPEC 3).
     config.data.split = "random" if paper else "time_blocked"

@@ -42,6 +42,8 @@ def model_config(size: str = "small") -> config_dict.ConfigDict:
     model.dropout = 0.1  # attention, FFN and input dropout
     model.max_len = 5000  # rows of the sinusoid table: coordinates must stay below it
     model.use_token_cls_head = True  # the channel-wise (token) discrimination head
+    # "multi_subj_position_encoding": the (L, I, P) spatial code; "index": the ablation
+    model.position_encoding = "multi_subj_position_encoding"
     return model
 
 

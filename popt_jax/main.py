@@ -30,7 +30,7 @@ flags.DEFINE_string("workdir", None, "Output directory (default: the config's `w
 
 JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder", "neuroprobe",
              "extract_recordings", "embed", "predict", "pretrain_brainbert",
-             "brain_encoder_ensemble", "predict_images")
+             "brain_encoder_ensemble", "predict_images", "harness")
 
 
 def run_job(job: str, config, workdir: str):
@@ -61,6 +61,10 @@ def run_job(job: str, config, workdir: str):
         from popt_jax.ieeg.brainbert_pretrain import pretrain_brainbert
 
         return pretrain_brainbert(config, workdir)
+    if job == "harness":
+        from popt_jax.ieeg.harness import harness_job
+
+        return harness_job(config, workdir)
     if job == "brain_encoder":
         from popt_jax.fmri.train import brain_encoder_job
 

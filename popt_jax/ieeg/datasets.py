@@ -553,7 +553,12 @@ class FinetuneSource:
         keep = np.asarray(entry[split], dtype=np.int64)
         self.example_ids = keep
         self._file, self._row = file_of[keep], row_of[keep]
-        self.labels, self.starts = labels[keep].astype(np.int32), starts[keep]
+        if labels.dtype.kind == "f":  # a regression target: z-scored over the subject (upstream)
+            labels = ((labels - labels.mean()) / max(float(labels.std()), 1e-12)).astype(
+                np.float32)
+        else:
+            labels = labels.astype(np.int32)
+        self.labels, self.starts = labels[keep], starts[keep]
         self._h5 = _LazyH5(self.paths)
 
     def __len__(self) -> int:

@@ -100,6 +100,8 @@ def _cap_task(ex: pp.TaskExamples, max_windows: int | None, seed: int) -> np.nda
     if max_windows is None or n <= max_windows:
         return np.arange(n)
     rng = np.random.default_rng(seed)
+    if ex.labels.dtype != bool:  # regression: a seeded subset
+        return np.sort(rng.choice(n, max_windows, replace=False))
     pos, neg = np.nonzero(ex.labels)[0], np.nonzero(~ex.labels)[0]
     n_pos = min(len(pos), max(max_windows // 2, max_windows - len(neg)))
     keep = np.concatenate([rng.choice(pos, n_pos, replace=False),
@@ -195,7 +197,9 @@ def _write_trial(bt: BrainTreebank, model: brainbert.BrainBERT, subject: str, tr
 
 
 def _task_table(ex: pp.TaskExamples, keep: np.ndarray) -> dict[str, np.ndarray]:
-    return {"labels": ex.labels[keep].astype(np.int8), "starts": ex.starts[keep].astype(np.int64),
+    labels = ex.labels[keep]
+    labels = labels.astype(np.int8) if labels.dtype == bool else labels.astype(np.float32)
+    return {"labels": labels, "starts": ex.starts[keep].astype(np.int64),
             "word_rows": ex.word_rows[keep].astype(np.int64),
             "times": ex.times[keep].astype(np.float64), "upstream_task": ex.task}
 
@@ -264,9 +268,10 @@ def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
              chunk: int | None = None, progress_every_s: float = 5.0
              ) -> tuple[list[Path], dict[str, int]]:
     """`extract_features`, also returning counts of the work done (for the job summary)."""
-    unknown = [t for t in tasks if t not in DEFAULT_TASKS]
+    unknown = [t for t in tasks if t not in feature_store.ALL_TASKS]
     if unknown or not tasks:
-        raise ValueError(f"tasks must be a non-empty subset of {DEFAULT_TASKS}, got {tasks}")
+        raise ValueError(f"tasks must be a non-empty subset of {feature_store.ALL_TASKS}, "
+                         f"got {tasks}")
     if storage_dtype not in ("float32", "float16"):
         raise ValueError(f"storage_dtype must be float32 or float16, not {storage_dtype!r}")
     if batch_windows < 1:

@@ -18,12 +18,13 @@ pretraining example). Here every subject-trial becomes ONE file, written by
       windows/embeddings   [N, E, D]  every task window once (word-aligned and non-speech)
       windows/starts       [N] int64, sorted and unique
       <task>/index    [n] int64 row of `windows` of each example (task order kept)
-      <task>/labels   [n] int8 (0/1)
+      <task>/labels   [n] int8 (0/1); float32 raw values for rms_reg
       <task>/starts   [n] int64 (= windows/starts[index])
       <task>/word_rows [n] int64 transcript row of the centring word, -1 for non-speech
       <task>/times    [n] float64 what upstream stores beside the label
 
-with ``<task>`` in volume, pitch, sentence_onset, word_onset. Word-aligned and non-speech
+with ``<task>`` in volume, pitch, sentence_onset, word_onset (and, on request, pos and
+rms_reg). Word-aligned and non-speech
 windows are shared by several tasks, so they are embedded and stored once under ``windows/``;
 `task_arrays` returns a task's (embeddings, labels, starts) as if stored per task.
 
@@ -57,6 +58,11 @@ from popt_jax.ieeg.braintreebank import subject_id, trial_id
 FORMAT = "popt_jax.features/1"
 FINETUNE_TASKS = ("volume", "pitch", "sentence_onset", "word_onset")
 DEFAULT_TASKS = ("pretrain",) + FINETUNE_TASKS
+# Written on request (config.tasks): noun vs verb, and word volume as a regression target
+# (float32 labels, z-scored per subject by the data layer).
+EXTRA_TASKS = ("pos", "rms_reg")
+REGRESSION_TASKS = ("rms_reg",)
+ALL_TASKS = DEFAULT_TASKS + EXTRA_TASKS
 # PreprocessConfig fields that change memory use only, never the numbers written.
 _NOT_FINGERPRINTED = ("chunk",)
 

@@ -24,6 +24,9 @@ from popt_jax.core.metrics import avg, compute_metrics, f1_score, roc_auc  # noq
 from popt_jax.ieeg.layers import PackSpec, packed_length
 
 PRETRAIN, FINETUNE = "pretrain", "finetune"
+# Fine-tuning on a continuous target (upstream criterion `loss_fn: mse`, e.g. `rms` as
+# regression): MSE loss, Pearson r / R^2 metrics (`variants.RegressionPredictions`).
+REGRESSION = "regression"
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +100,21 @@ def finetune_loss(logits, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     return loss, outputs
 
 
+def regression_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean squared error of the CLS head's output against the float `label` (torch MSELoss)."""
+    w = _weight(batch)
+    pred = outputs[..., 0].astype(jnp.float32)
+    se = jnp.square(pred - batch["label"].astype(jnp.float32))
+    loss = masked_mean(se, w)
+    return loss, dict(loss=loss, example_loss=se, example_mask=w > 0, logits=pred)
+
+
+@flax.struct.dataclass
+class RegressionMetrics(clu_metrics.Collection):
+    """Running regression metrics: per-step loss and the per-example squared error."""
+
+    loss: avg("loss")
+    example_loss: avg("example_loss", "example_mask")
 
 
 @flax.struct.dataclass
@@ -145,11 +163,13 @@ def forward(task: str, model, batch, deterministic: bool, packed=None):
         return pretrain_loss(out.cls_logits, out.token_logits, batch)
     logits = model(batch["x"], batch["pad_mask"], batch["coords"], batch.get("seq_id"),
                    deterministic=deterministic, packed=packed)
+    if task == REGRESSION:
+        return regression_loss(logits, batch)
     return finetune_loss(logits, batch)
 
 
 def metrics_class(task: str):
-    return PretrainMetrics if task == PRETRAIN else FinetuneMetrics
+    return {PRETRAIN: PretrainMetrics, REGRESSION: RegressionMetrics}.get(task, FinetuneMetrics)
 
 
 def make_train_step(task: str, parts: steps.ModelParts, tx: optax.GradientTransformation, mesh):

@@ -31,6 +31,8 @@ from popt_jax.ieeg.layers import (
     unpack,
 )
 
+SPATIAL, INDEX = "multi_subj_position_encoding", "index"
+
 
 @dataclasses.dataclass(frozen=True)
 class PopTConfig:
@@ -49,14 +51,18 @@ class PopTConfig:
     # "table" (upstream): integer (L, I, P) rows of the sinusoid table; "continuous": the
     # same sinusoids evaluated at real-valued positions (equal to the table at integers).
     position_code: str = "table"
+    # "multi_subj_position_encoding": the (L, I, P) spatial code (published PopT); "index":
+    # upstream's fallback `PositionalEncoding`, a code of the token's index (the paper's
+    # no-spatial-code ablation).
+    position_encoding: str = "multi_subj_position_encoding"
 
     @classmethod
     def from_upstream(cls, cfg: dict[str, Any]) -> "PopTConfig":
         """Builds the config from an upstream `model_cfg` (pt_custom_model yaml keys)."""
+        # Upstream builds the index code for any other value (TransformerEncoderInput).
         pos = cfg.get("position_encoding", "multi_subj_position_encoding")
-        if pos != "multi_subj_position_encoding":
-            raise ValueError(f"unsupported PopT position_encoding {pos!r}")
         return cls(
+            position_encoding=SPATIAL if pos == SPATIAL else INDEX,
             input_dim=int(cfg.get("input_dim", 768)),
             hidden_dim=int(cfg.get("hidden_dim", 512)),
             n_heads=int(cfg.get("n_head", 8)),
@@ -73,7 +79,7 @@ class PopTConfig:
             raise ValueError("upstream PopT fixes the feed-forward width at 2048")
         return {
             "name": "pt_model_custom",
-            "position_encoding": "multi_subj_position_encoding",
+            "position_encoding": self.position_encoding,
             "n_head": self.n_heads,
             "n_layers": self.n_layers,
             "hidden_dim": self.hidden_dim,
@@ -140,6 +146,20 @@ class SpatialEncoding(nnx.Module):
         return jnp.concatenate([cls, codes], axis=1)
 
 
+class IndexEncoding(nnx.Module):
+    """The no-spatial-code ablation (upstream `PositionalEncoding`): row i of the sequence,
+    CLS included, gets pe[i] of a full-width sinusoid table; coordinates are ignored."""
+
+    def __init__(self, hidden_dim: int, max_len: int):
+        self.pe = Buffer(jnp.asarray(sinusoid_table(max_len, hidden_dim)))
+
+    def __call__(self, coords, seq_id):
+        """coords [B, n, 3] (unused but for the shape) -> codes [B, 1 + n, hidden]."""
+        b, n = coords.shape[:2]
+        pe = self.pe.value[:n + 1]
+        return jnp.broadcast_to(pe[None], (b, n + 1, pe.shape[-1]))
+
+
 class PopTInput(nnx.Module):
     """in_proj (CLS row included) -> + spatial code -> LayerNorm -> dropout."""
 
@@ -148,8 +168,14 @@ class PopTInput(nnx.Module):
         if cfg.position_code not in ("table", "continuous"):
             raise ValueError(f"position_code must be table or continuous, not "
                              f"{cfg.position_code!r}")
-        self.positional_encoding = SpatialEncoding(cfg.hidden_dim, cfg.max_len,
-                                                   cfg.position_code == "continuous")
+        if cfg.position_encoding not in (SPATIAL, INDEX):
+            raise ValueError(f"position_encoding must be {SPATIAL!r} or {INDEX!r}, got "
+                             f"{cfg.position_encoding!r}")
+        if cfg.position_encoding == SPATIAL:
+            self.positional_encoding = SpatialEncoding(cfg.hidden_dim, cfg.max_len,
+                                                       cfg.position_code == "continuous")
+        else:
+            self.positional_encoding = IndexEncoding(cfg.hidden_dim, cfg.max_len)
         self.layer_norm = layer_norm(cfg.hidden_dim, rngs, dtype)
         self.dropout = Dropout(cfg.dropout, rngs=rngs)
 

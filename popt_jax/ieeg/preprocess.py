@@ -73,12 +73,14 @@ __all__ = [
     "extract_windows",
     "feature_task",
     "speech_task",
+    "pos_task",
+    "regression_task",
     "make_task",
 ]
 
 # Upstream task names first; "volume" and "speech" are the paper's names for two of them.
 TASKS = {"rms": "rms", "volume": "rms", "pitch": "pitch", "sentence_onset": "sentence_onset",
-         "word_onset": "word_onset", "speech": "word_onset"}
+         "word_onset": "word_onset", "speech": "word_onset", "pos": "pos", "rms_reg": "rms_reg"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +160,7 @@ class TaskExamples:
     Attributes:
         task: upstream task name ("rms", "pitch", "sentence_onset", "word_onset").
         starts: int64 [N] first sample of each window.
-        labels: bool [N].
+        labels: bool [N] (float64 for the regression task ``rms_reg``).
         times: float64 [N] what upstream stores beside the label: the word's start in movie
             seconds for rms/pitch, the window's first sample for the onset tasks.
         word_rows: int64 [N] row of the centring word in the `Words` given, -1 for non-speech.
@@ -470,12 +472,53 @@ def speech_task(words: Words, n_samples: int, cfg: PreprocessConfig = Preprocess
         window_samples=w)
 
 
+def _word_windows(words: Words, rows: np.ndarray, n_samples: int, cfg: PreprocessConfig
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, starts) of the words whose onset-aligned window fits in the recording."""
+    starts = word_window_starts(words.est_idx[rows], cfg)
+    ok = _fits(starts, n_samples, cfg.window_samples, "word", words.path)
+    return rows[ok], starts[ok]
+
+
+def pos_task(words: Words, n_samples: int, cfg: PreprocessConfig = PreprocessConfig()
+             ) -> TaskExamples:
+    """Nouns (label False) vs verbs (True), upstream `pos`: every NOUN then every VERB word,
+    in transcript order, on the same onset-aligned windows as volume/pitch."""
+    rows = _aligned_rows(words)
+    tags = np.asarray(words["pos"]).astype(str)
+    rows = np.concatenate([rows[tags[rows] == "NOUN"], rows[tags[rows] == "VERB"]])
+    rows, starts = _word_windows(words, rows, n_samples, cfg)
+    return TaskExamples(task="pos", starts=starts, labels=tags[rows] == "VERB",
+                        times=words.start[rows].astype(np.float64), word_rows=rows,
+                        window_samples=cfg.window_samples)
+
+
+def regression_task(words: Words, key: str, n_samples: int,
+                    cfg: PreprocessConfig = PreprocessConfig()) -> TaskExamples:
+    """Every aligned word with its raw feature value as a float label (upstream `rms_reg`;
+    the data layer z-scores the values over each subject's words, as upstream does)."""
+    rows = _aligned_rows(words)
+    values = np.asarray(words[key])
+    if values.dtype.kind != "f":
+        raise DataError(words.path or None, f"word feature '{key}' is not numeric")
+    rows = rows[np.isfinite(values[rows])]
+    rows, starts = _word_windows(words, rows, n_samples, cfg)
+    return TaskExamples(task=f"{key}_reg", starts=starts, labels=values[rows].astype(np.float64),
+                        times=words.start[rows].astype(np.float64), word_rows=rows,
+                        window_samples=cfg.window_samples)
+
+
 def make_task(task: str, words: Words, n_samples: int,
               cfg: PreprocessConfig = PreprocessConfig()) -> TaskExamples:
-    """Examples of a task by name: rms|volume, pitch, sentence_onset, word_onset|speech."""
+    """Examples of a task by name: rms|volume, pitch, sentence_onset, word_onset|speech, pos
+    (noun vs verb) and rms_reg (word volume as a regression target)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
     name = TASKS[task]
+    if name == "pos":
+        return pos_task(words, n_samples, cfg)
+    if name == "rms_reg":
+        return regression_task(words, "rms", n_samples, cfg)
     if name in ("rms", "pitch"):
         return feature_task(words, name, n_samples, cfg)
     return speech_task(words, n_samples, cfg, onsets_only=name == "sentence_onset")

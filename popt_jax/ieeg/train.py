@@ -57,8 +57,8 @@ from popt_jax.core.logs import Logs
 from popt_jax.core.metrics import compute_metrics
 from popt_jax.core.overview import parameter_overview
 from popt_jax.errors import TrainingError
-from popt_jax.ieeg import convert, defaults, objectives, optim
-from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN
+from popt_jax.ieeg import convert, defaults, objectives, optim, variants
+from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN, REGRESSION
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
 CHECKPOINT_FORMAT = "popt_jax.train/1"
@@ -131,7 +131,7 @@ def build_parts(config, task: str, popt_cfg: PopTConfig, init_params: nnx.State 
         nnx.update(model.upstream, init_params)
     logging.info("%s model (%s compute, float32 params):\n%s", type(model).__name__,
                  dtype.name, parameter_overview(model))
-    return steps.split_model(model), optim.make_optimizer(config)
+    return steps.split_model(model), variants.make_optimizer(config)
 
 
 def popt_step_fn(config, task: str, parts: steps.ModelParts, tx, mesh):
@@ -172,7 +172,8 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
     """
     local = mesh_lib.local_batch_size(batch_size, mesh)
     collection = objectives.metrics_class(task).empty()
-    preds = objectives.Predictions.empty()
+    preds = (variants.RegressionPredictions if task == REGRESSION else
+             objectives.Predictions).empty()
     n_batches = 0
     for batch in batches:
         batch = mesh_lib.pad_rows(batch, local)
@@ -180,9 +181,9 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
         m, logits = eval_step(params, gbatch)
         collection = collection.merge(m)
         n_batches += 1
-        if task == FINETUNE:
+        if task != PRETRAIN:
             ids = batch.get("index", np.full(local, -1, np.int64)).astype(np.int64)
-            preds = preds.merge(objectives.Predictions.from_model_output(
+            preds = preds.merge(type(preds).from_model_output(
                 logits=mesh_lib.host_array(logits), labels=mesh_lib.host_array(gbatch["label"]),
                 mask=mesh_lib.host_array(gbatch["weight"]) > 0, ids=mesh_lib.allgather_host(ids)))
     if not n_batches:
@@ -195,7 +196,9 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
     else:
         values["loss"] = values.pop("example_loss")
         out = preds.compute()
-        values["roc_auc"], values["f1"] = out["roc_auc"], out["f1"]
+        for key in ("roc_auc", "f1", "pearson_r", "r2"):
+            if key in out:
+                values[key] = out[key]
         extras = {"predictions": out["predictions"], "labels": out["labels"],
                   "example_ids": out["ids"]}
     return values, extras
@@ -257,6 +260,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
         results = {
             "task": task, "best_step": best, "best_valid": ckpts.manager.metrics(best),
             "test": test, "steps": state.step, "train_seconds": round(state.train_seconds, 3),
+            "n_examples": dict(getattr(data, "sizes", {})),
             "model": dataclasses.asdict(popt_cfg), "workdir": str(workdir.absolute()),
             "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
             "best_rule": ckpts.best_reason,  # how best_step was chosen
@@ -360,11 +364,9 @@ class StoreData:
             def make(name):
                 return ds.PretrainSource(store, name, pcfg, subjects=list(d.subjects) or None,
                                          **shared)
-        else:
-            def make(name):
-                return ds.FinetuneSource(store, str(config.task), str(d.subject), name,
-                                         **split, **shared)
-        self.sources = {name: make(name) for name in ("train", "val", "test")}
+            self.sources = {name: make(name) for name in ("train", "val", "test")}
+        else:  # one or several subjects, optionally a few-shot training split (variants)
+            self.sources = variants.finetune_sources(config, store, **shared)
         for name, src in self.sources.items():
             if len(src) < n_proc:
                 raise TrainingError(f"the {task} {name} split has {len(src)} examples, fewer "
@@ -376,6 +378,7 @@ class StoreData:
             warn_single_class(self.sources, str(config.task))
         first = self.sources["train"][0]
         self.input_dim = int(np.shape(first["a" if task == PRETRAIN else "x"])[-1])
+        self.sizes = {k: len(v) for k, v in self.sources.items()}
         logging.info("%s data from %s: %s examples", task, store,
                      {k: len(v) for k, v in self.sources.items()})
 
@@ -423,8 +426,17 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     `defaults.prepare_default_inputs`) on `config.features_dir` (empty: the default store)."""
     mesh_lib.maybe_initialize_distributed(config)
     workdir = Path(workdir)
-    inputs = defaults.prepare_default_inputs(config, workdir, pretrained=True)
+    inputs = defaults.prepare_default_inputs(config, workdir,
+                                             pretrained=not config.get("random_init", False))
+    kind = variants.finetune_kind(str(config.task))
+    data = StoreData(config, inputs.features_dir, kind, split_file(config, workdir))
+    position_encoding = str(config.get("position_encoding", "") or "")
+    if config.get("random_init", False):  # upstream model.random_init: no weights loaded
+        logging.info("random_init: the PopT body starts from its random initialisation")
+        popt_cfg = variants.override_position_encoding(
+            popt_config_from(config.model, data.input_dim), position_encoding)
+        return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg)
     popt_cfg, params = load_init(inputs.init_checkpoint)
-    data = StoreData(config, inputs.features_dir, FINETUNE, split_file(config, workdir))
-    return train_and_evaluate(config, workdir, task=FINETUNE, data=data, init_params=params,
+    popt_cfg = variants.override_position_encoding(popt_cfg, position_encoding)
+    return train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
                               popt_cfg=popt_cfg)
