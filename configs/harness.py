@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Every cell is this fine-tuning config with subject, task, seed, split and the
     # variant's overrides set (see harness.VARIANTS).
     config.finetune = _load("finetune").get_config("paper" if paper else None)
-    del config.finetune.pretrain  # the harness passes init checkpoints explicitly
+    # (the harness passes features_dir and init_checkpoint to every cell explicitly, so the
+    # cells' default_inputs are never used)
 
     config.subjects = PAPER_SUBJECTS if paper else ("sub_1", "sub_2")
     config.tasks = (("volume", "pitch", "sentence_onset", "word_onset") if paper

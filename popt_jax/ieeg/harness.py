@@ -224,6 +224,18 @@ def plot_tables(workdir: Path, rows: list[dict[str, Any]], splits: tuple[str, ..
     return paths
 
 
+def _features(config, workdir: Path) -> Path:
+    """`config.features_dir`, or the built-in default store made once in {workdir}/extract."""
+    from popt_jax.ieeg import defaults
+
+    if config.get("features_dir"):
+        store = Path(config.features_dir)
+        if not store.is_dir():
+            raise FileNotFoundError(f"feature store not found: {store}")
+        return store
+    return defaults.default_features(config.features, workdir)
+
+
 def _data_root(config, workdir: Path) -> str:
     """The Brain Treebank tree the STFT baseline re-reads: `data_root`, else the extraction's
     root (its synthetic tree when the harness extracted the features itself)."""
@@ -287,7 +299,7 @@ def _run_grid(config, workdir: Path) -> dict[str, Any]:
     if unknown:
         raise UserError(f"config.baselines: unknown {unknown}; expected some of "
                         f"{', '.join(bl.BASELINES)}")
-    store = train.ensure_features(config, workdir)
+    store = _features(config, workdir)
     init = _pretrained(config, store, workdir,
                        {VARIANTS[v][1] for v in config.variants if VARIANTS[v][1]})
     cells = [(s, t, v, int(seed), sp) for t in config.tasks for s in config.subjects
