@@ -62,7 +62,8 @@ from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN, REGRESSION
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
 CHECKPOINT_FORMAT = "popt_jax.train/1"
-BEST_BY = {PRETRAIN: ("loss", "min"), FINETUNE: ("roc_auc", "max")}  # best checkpoint by valid
+BEST_BY = {PRETRAIN: ("loss", "min"), FINETUNE: ("roc_auc", "max"),  # best checkpoint by valid
+           REGRESSION: ("loss", "min")}
 NON_FINITE_HINT = ("Try a lower config.lr, compute_dtype=float32, or check the features for "
                    "NaN/inf")
 
