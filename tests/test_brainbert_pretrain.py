@@ -345,7 +345,7 @@ def test_export_hands_off_to_load_and_extract(tiny_run, tmp_path):
 def test_benchmark_tiny_runs():
     out = subprocess.run([sys.executable, os.path.join(REPO, "scripts",
                                                        "benchmark_brainbert_pretrain.py"),
-                          "--tiny"], capture_output=True, text=True, cwd=REPO, timeout=600,
+                          "--tiny"], capture_output=True, text=True, cwd=REPO, timeout=1800,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio vs reference" in out.stdout
