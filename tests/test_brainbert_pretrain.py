@@ -186,7 +186,7 @@ def test_loss_matches_reference_on_fixed_inputs():
 # ------------------------------------------------------------------------------ one step
 
 
-@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("scaled", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_train_step_matches_reference(scaled):
     torch.manual_seed(0)
     ref = R.RefBrainBERT(input_dim=F, hidden_dim=32, nhead=2, ff=64, n_layers=2)
@@ -351,6 +351,7 @@ def test_benchmark_tiny_runs():
     assert "ratio vs reference" in out.stdout
 
 
+@pytest.mark.slow  # a second process; the same DataError path is covered in-process above
 def test_cli_bad_selection_is_one_error_line(tree, tmp_path):
     root, _, _ = tree
     out = subprocess.run(
