@@ -351,7 +351,7 @@ def test_benchmark_tiny_runs():
     assert "ratio vs reference" in out.stdout
 
 
-@pytest.mark.slow  # a second process; the same DataError path is covered in-process above
+@pytest.mark.slow  # a second process; the store DataErrors are tested in-process above
 def test_cli_bad_selection_is_one_error_line(tree, tmp_path):
     root, _, _ = tree
     out = subprocess.run(
