@@ -91,8 +91,8 @@ def bench_step(size: str, batch: int, repeats: int) -> None:
         jax.block_until_ready(m)
 
     res = masking.fixed_mask(jax.random.key(1), x, cfg)
-    masked = torch.from_numpy(np.asarray(res.masked))
-    target, mask = torch.from_numpy(spec), torch.from_numpy(np.asarray(res.loss_mask))
+    masked = torch.from_numpy(np.array(res.masked))
+    target, mask = torch.from_numpy(spec), torch.from_numpy(np.array(res.loss_mask))
     ref.train()
     opt = RB.RefLamb(ref.parameters(), lr=1e-4)
 

@@ -162,5 +162,6 @@ def ref_train_step(model, opt, masked, target, mask, *, alpha=2.0, clip=1.0,
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip) if clip else None
     opt.step()
     opt.zero_grad()
-    return {"loss": float(loss), "l1": float(l1), "content_l1": float(content),
+    return {"loss": float(loss.detach()), "l1": float(l1.detach()),
+            "content_l1": float(content.detach()),
             "grad_norm": None if gnorm is None else float(gnorm)}
