@@ -52,7 +52,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.split = "random" if paper else "time_blocked"
     config.data.val_fraction = 0.1
     config.data.test_fraction = 0.1
-    for key in ("subjects", "replace_p", "coord_jitter"):  # pretraining only
+    # Trials to fine-tune on (names/paths as in pretraining; empty = all the subject's
+    # trials). Paper: upstream's per-subject held-out test_trials.
+    config.data.trials = "test_trials" if paper else ""
+    for key in ("subjects", "replace_p", "coord_jitter", "held_out_trials",
+                "allow_held_out"):  # pretraining only
         del config.data[key]
 
     # Optimisation (upstream multi_elec_feature_extract.yaml, optim AdamW_finetune).

@@ -192,10 +192,13 @@ class FeatureStore:
     Args:
         features_dir: the folder written by `popt_jax.features.extract_features`.
         subjects: keep only these subjects (default all).
+        trials: keep only these {subject: [trials]} (default all); the other files are
+            never opened (`popt_jax.ieeg.selections`).
     """
 
     def __init__(self, features_dir: str | os.PathLike,
-                 subjects: Sequence[int | str] | None = None):
+                 subjects: Sequence[int | str] | None = None,
+                 trials: Mapping[str, Sequence[str]] | None = None):
         self.dir = Path(features_dir)
         paths = sorted(self.dir.glob("sub_*_trial*.h5"),
                        key=lambda p: tuple(int("".join(c for c in part if c.isdigit()) or 0)
@@ -203,13 +206,19 @@ class FeatureStore:
         if not paths:
             raise DataError(self.dir, "no feature files (sub_*_trial*.h5) in this folder")
         wanted = {subject_id(s) for s in subjects} if subjects else None
+        if trials is not None:
+            from popt_jax.ieeg.selections import feature_file_trial
+
+            chosen = {(subject_id(s), t) for s, ts in trials.items() for t in ts}
+            paths = [p for p in paths if feature_file_trial(p) in chosen]
         self.files: list[FileInfo] = []
         for p in paths:
             info = self._read(p)
             if wanted is None or info.subject in wanted:
                 self.files.append(info)
         if not self.files:
-            raise DataError(self.dir, f"no feature files for subjects {sorted(wanted or [])}")
+            raise DataError(self.dir, f"no feature files for subjects {sorted(wanted or [])}"
+                            + (f" and trials {dict(trials)}" if trials is not None else ""))
 
     @staticmethod
     def _read(path: Path) -> FileInfo:
@@ -294,6 +303,8 @@ class PretrainConfig:
         val_frac, test_frac: split fractions (upstream pretraining: 0.01 and 0.1).
         split_seed: random-split seed (upstream 42).
         time_blocks: blocks per recording for "time_blocked".
+        keep_split_order: list a "random" split's examples in the order the split drew them
+            (upstream's unshuffled epochs) rather than sorted.
     """
 
     replace_p: float = 0.1
@@ -306,6 +317,7 @@ class PretrainConfig:
     test_frac: float = 0.1
     split_seed: int = 42
     time_blocks: int = 5
+    keep_split_order: bool = False
 
 
 def _replace(x: np.ndarray, alt: np.ndarray, p: float, rng: np.random.Generator
@@ -367,17 +379,19 @@ class PretrainSource:
         cfg: `PretrainConfig`.
         subjects: restrict to these subjects (the split is made over the files kept).
         selection: optional electrode sub-selection {subject: [names]} or JSON path.
+        trials: restrict to these {subject: [trials]} (other files are never opened).
     """
 
     def __init__(self, features_dir: str | os.PathLike, split: str = "train",
                  cfg: PretrainConfig = PretrainConfig(),
                  subjects: Sequence[int | str] | None = None,
-                 selection: Mapping[str, Sequence[str]] | str | None = None):
+                 selection: Mapping[str, Sequence[str]] | str | None = None,
+                 trials: Mapping[str, Sequence[str]] | None = None):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
         if cfg.split_mode not in ("random", "time_blocked"):
             raise ValueError(f"split_mode must be random or time_blocked, not {cfg.split_mode!r}")
-        store = FeatureStore(features_dir, subjects)
+        store = FeatureStore(features_dir, subjects, trials)
         self.cfg, self.split = cfg, split
         self.paths = [fi.path for fi in store.files]
         self.rows = store.selection_rows(selection)
@@ -400,7 +414,8 @@ class PretrainSource:
                 lambda: random_split(len(file_of), cfg.val_frac, cfg.test_frac, cfg.split_seed))
             # B and R may come from anywhere in the recording (upstream).
             self._pool = [np.arange(n) for n in n_win]
-            keep = np.asarray(sorted(entry[split]), dtype=np.int64)
+            keep = np.asarray(entry[split] if cfg.keep_split_order else sorted(entry[split]),
+                              dtype=np.int64)
         else:
             params["time_blocks"] = cfg.time_blocks
             all_starts = np.concatenate([fi.pretrain_starts for fi in store.files])
@@ -478,16 +493,17 @@ class FinetuneSource:
         val_frac, test_frac: split fractions.
         split_seed: random-split seed.
         time_blocks: blocks per recording for "time_blocked".
+        trials: restrict to these {subject: [trials]} (upstream: the held-out test trials).
     """
 
     def __init__(self, features_dir: str | os.PathLike, task: str, subject: int | str,
                  split: str = "train", *, split_mode: str = "time_blocked",
                  selection: Mapping[str, Sequence[str]] | str | None = None,
                  val_frac: float = 0.1, test_frac: float = 0.1, split_seed: int = 42,
-                 time_blocks: int = 5):
+                 time_blocks: int = 5, trials: Mapping[str, Sequence[str]] | None = None):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
-        store = FeatureStore(features_dir, [subject])
+        store = FeatureStore(features_dir, [subject], trials)
         missing = [fi.path for fi in store.files if task not in fi.tasks]
         if missing:
             raise DataError(missing[0], f"no task '{task}' in this feature file")
@@ -611,8 +627,8 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
                  seed: int = 0, num_epochs: int | None = None,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, worker_count: int = 0,
                  worker_buffer_size: int = 2, read_threads: int = 4,
-                 prefetch_batches: int = 8, shard_index: int = 0, shard_count: int = 1
-                 ) -> grain.IterDataset:
+                 prefetch_batches: int = 8, shard_index: int = 0, shard_count: int = 1,
+                 order: str = "shuffle") -> grain.IterDataset:
     """The grain pipeline over a source: batches of padded numpy arrays.
 
     Training: ``source -> seed -> shuffle -> repeat(num_epochs; None = forever) ->
@@ -638,6 +654,10 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
             a 500-element buffer, would hold hundreds of whole batches in memory).
         prefetch_batches: batches read ahead per process.
         shard_index, shard_count: this process's shard (multi-host data parallelism).
+        order: training order: "shuffle" (a new permutation per epoch) or "fixed"
+            (upstream's `shuffle: False`: every epoch in the source's order; pretraining drops
+            each epoch's remainder, fine-tuning keeps a short last batch, padded with
+            `valid` False rows that weigh nothing in the loss). "fixed" is single-process.
 
     Returns:
         A `grain.IterDataset`; iterate it, or checkpoint its iterator's state.
@@ -651,6 +671,11 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
         make_random, make_eval = source.random_example, source.deterministic_example
     else:
         make_random, make_eval = None, None
+    if order not in ("shuffle", "fixed"):
+        raise ValueError(f"order must be shuffle or fixed, not {order!r}")
+    if train and order == "fixed":
+        return _fixed_order_dataset(ds, make_random, batch_size, seed, num_epochs, buckets,
+                                    read_threads, prefetch_batches, shard_count)
     if train:
         ds = ds.seed(seed).shuffle().repeat(num_epochs)
         if make_random is not None:
@@ -671,3 +696,22 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
     return it
+
+
+def _fixed_order_dataset(ds: grain.MapDataset, make_random, batch_size: int, seed: int,
+                         num_epochs: int | None, buckets: Sequence[int], read_threads: int,
+                         prefetch_batches: int, shard_count: int) -> grain.IterDataset:
+    """Upstream's unshuffled epochs (`make_dataset(order="fixed")`)."""
+    if shard_count > 1:
+        raise ValueError("order='fixed' (upstream's epochs) runs in a single process")
+    collator = Collator(buckets, batch_size)
+    if make_random is not None:  # pretraining: DataLoader(drop_last=True), fresh draws
+        n = len(ds) // batch_size * batch_size
+        if n == 0:
+            raise ValueError(f"the split has {len(ds)} examples, fewer than one batch")
+        ds = ds[:n].seed(seed).repeat(num_epochs).random_map(make_random)
+        ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collator)
+    else:  # fine-tuning: DataLoader(drop_last=False), the short last batch padded
+        ds = ds.batch(batch_size, drop_remainder=False, batch_fn=collator).repeat(num_epochs)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                prefetch_buffer_size=prefetch_batches))

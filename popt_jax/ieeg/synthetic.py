@@ -4,7 +4,9 @@
 upstream PopT readers both accept: per-trial h5 files with ``data/electrode_{i}``, cleaned-name
 JSON labels (with non-localized trigger/EKG channels, as in the real data), ``depth-wm.csv``
 with L/I/P coordinates and Desikan-Killiany regions, trigger timings, movie metadata, a
-``features.csv`` transcript per movie and a clean_laplacian-style electrode selection.
+``features.csv`` transcript per movie, a clean_laplacian-style electrode selection with the
+BrainBERT-style ``corrupted_elec.json`` it derives from, and upstream-style trial selections
+(``trial_selections/pretrain_split_trials.json``, ``test_trials.json``).
 
 The signals are 1/f background (shared within a shaft, so re-referencing matters) plus 60 Hz
 line noise and harmonics (so the notches matter). With ``plant=True`` three electrode groups
@@ -22,6 +24,17 @@ They start 0.1 s before the onset and peak about 0.1 s after it: BrainBERT z-sco
 that differs from the rest of the window right there survives into the embeddings.
 ``plant=False`` draws exactly the same random numbers and simply does not add the planted
 components. The groups and timing constants are written to ``synthetic_truth.json``.
+
+With ``latent_state=True`` (the default) every recording also carries a slowly varying,
+spatially coherent brain state, the structure PopT's pretraining objectives feed on: a few
+Gaussian-process log-envelopes (`STATE_BANDS`, away from the planted bands and the line
+harmonics; correlation time about half a second, so windows 0.2 s apart share their state and
+windows seconds apart do not) modulate band-limited noise in every electrode of the subject
+(the same envelopes everywhere, a per-electrode gain). BrainBERT z-scores each window per
+frequency row, so what reaches the embeddings is each envelope's course across the window,
+seen at its centre: consecutive windows look alike, and a token taken from another time
+disagrees with its neighbours. The state has its own random stream: ``latent_state=False``
+writes bit for bit the tree an earlier version wrote.
 """
 
 from __future__ import annotations
@@ -34,10 +47,15 @@ import h5py
 import numpy as np
 from scipy import fft as sp_fft
 
-__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND"]
+__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_BANDS"]
 
 SPEECH_BAND = (70.0, 150.0)
 PITCH_BAND = (20.0, 30.0)
+# Latent-state bands (Hz): clear of the planted bands, the line harmonics and their notches.
+STATE_BANDS = ((6.0, 14.0), (34.0, 52.0), (154.0, 176.0), (186.0, 204.0))
+STATE_CUTOFF_HZ = 0.3  # Gaussian spectral width of the log-envelopes (~0.5 s correlation)
+STATE_LOG_STD = 1.0  # std of each log-envelope
+STATE_AMPLITUDE = 30.0  # envelope scale (the background is 30 x unit-variance 1/f noise)
 _LINE = {60: 40.0, 120: 8.0, 180: 12.0, 240: 2.0, 300: 4.0, 360: 1.0}  # amplitude per harmonic
 _TRIGGER_EVERY_S = 1.0
 _VOCAB = [
@@ -181,13 +199,38 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
+def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np.ndarray:
+    """The latent-state component [n_e, n_t] (float32) of one recording (module docstring).
+
+    Per band: a smooth Gaussian log-envelope shared by every electrode (drawn at 64 Hz and
+    interpolated), times independent band-limited noise per electrode, times a per-electrode
+    gain in [0.7, 1.3].
+    """
+    out = np.zeros((n_e, n_t), np.float32)
+    rate = 64.0
+    n_slow = int(np.ceil(n_t / fs * rate)) + 2
+    f = np.fft.rfftfreq(n_slow, 1.0 / rate)
+    gain = np.exp(-0.5 * (f / STATE_CUTOFF_HZ) ** 2)
+    gain[0] = 0.0
+    t_slow, t = np.arange(n_slow) / rate, np.arange(n_t) / fs
+    for band in STATE_BANDS:
+        spec = gain * (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f)))
+        z = np.fft.irfft(spec, n=n_slow)
+        z *= STATE_LOG_STD / max(float(z.std()), 1e-12)
+        env = STATE_AMPLITUDE * np.exp(np.interp(t, t_slow, z) - 0.5 * STATE_LOG_STD**2)
+        carrier = _colored_noise(rng, n_e, n_t, fs, band)
+        gains = rng.uniform(0.7, 1.3, (n_e, 1)).astype(np.float32)
+        out += gains * carrier * env[None, :].astype(np.float32)
+    return out
+
+
 # --------------------------------------------------------------------------- the writer
 
 
 def write_synthetic_braintreebank(
     root: str | Path, *, n_subjects: int = 2, trials_per_subject: int = 1,
     duration_s: float = 180.0, n_shafts: int = 3, contacts: tuple[int, int] = (6, 12),
-    fs: float = 2048.0, seed: int = 0, plant: bool = True,
+    fs: float = 2048.0, seed: int = 0, plant: bool = True, latent_state: bool = True,
 ) -> Path:
     """Write a seeded synthetic Brain Treebank under ``root`` and return ``root``.
 
@@ -201,6 +244,7 @@ def write_synthetic_braintreebank(
         fs: sampling rate in Hz.
         seed: everything written is a function of the arguments.
         plant: add the stimulus-locked components (see module docstring).
+        latent_state: add the slowly varying, spatially coherent state (module docstring).
 
     Returns:
         The root folder as a `Path`.
@@ -214,7 +258,8 @@ def write_synthetic_braintreebank(
         raise ValueError("n_shafts must be in [1, 200]")
     n_t = int(round(duration_s * fs))
     movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
-    truth: dict = {"seed": seed, "plant": plant, "fs": fs, "duration_s": duration_s,
+    truth: dict = {"seed": seed, "plant": plant, "latent_state": latent_state,
+                   "state_bands": STATE_BANDS, "fs": fs, "duration_s": duration_s,
                    "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
                    "burst_offset_s": -0.1, "burst_length_s": 0.4, "subjects": {}}
 
@@ -234,6 +279,7 @@ def write_synthetic_braintreebank(
         _write_csv(root / "transcripts" / movie / "features.csv", header, rows)
 
     selection: dict[str, list[str]] = {}
+    corrupted: dict[str, list[str]] = {}
     for s in range(1, n_subjects + 1):
         sid = f"sub_{s}"
         rng = np.random.default_rng([seed, s])
@@ -265,6 +311,7 @@ def write_synthetic_braintreebank(
 
         order = rng.permutation(len(interior))
         selection[sid] = [interior[i] for i in order]
+        corrupted[f"subject{s}"] = ["DC1", starred + "*"]
         groups = rng.permutation(len(interior))
         n_g = max(1, len(interior) // 5)
         group_names = {
@@ -301,6 +348,8 @@ def write_synthetic_braintreebank(
                        for f0, amp in _LINE.items())
             x += gains.astype(np.float32) * line.astype(np.float32)
             del time, line
+            if latent_state:  # its own stream: the other draws do not depend on it
+                x += _latent_state(np.random.default_rng([seed, s, t, 7_919]), n_e, n_t, fs)
 
             on = np.asarray(words["start"])
             is_on = np.asarray(words["is_onset"], dtype=bool)
@@ -345,10 +394,21 @@ def write_synthetic_braintreebank(
 
     (root / "electrode_selections").mkdir(parents=True, exist_ok=True)
     (root / "electrode_selections" / "clean_laplacian.json").write_text(json.dumps(selection))
+    # BrainBERT-style corrupted list (keys "subjectN"): a trigger channel and the starred
+    # electrode written with its mark, which (as upstream compares) removes nothing, so
+    # clean_laplacian above is what scripts/derive_electrode_selection.py derives.
+    (root / "corrupted_elec.json").write_text(json.dumps(corrupted))
     (root / "trial_selections").mkdir(parents=True, exist_ok=True)
-    (root / "trial_selections" / "all_trials.json").write_text(json.dumps(
-        {f"sub_{s}": [f"trial{t:03d}" for t in range(trials_per_subject)]
-         for s in range(1, n_subjects + 1)}))
+    all_trials = {f"sub_{s}": [f"trial{t:03d}" for t in range(trials_per_subject)]
+                  for s in range(1, n_subjects + 1)}
+    (root / "trial_selections" / "all_trials.json").write_text(json.dumps(all_trials))
+    # Upstream-style analogues: the last trial of each subject is its held-out fine-tuning
+    # test trial (none with one trial per subject), the others are pretrained on.
+    held = trials_per_subject > 1
+    (root / "trial_selections" / "test_trials.json").write_text(json.dumps(
+        {s: ts[-1:] for s, ts in all_trials.items()} if held else {}))
+    (root / "trial_selections" / "pretrain_split_trials.json").write_text(json.dumps(
+        {s: ts[:-1] if held else ts for s, ts in all_trials.items()}))
     (root / "synthetic_truth.json").write_text(json.dumps(truth, indent=1, default=float))
     return root
 

@@ -54,7 +54,7 @@ from popt_jax.core.logs import Logs
 from popt_jax.core.metrics import compute_metrics
 from popt_jax.core.overview import parameter_overview
 from popt_jax.errors import TrainingError
-from popt_jax.ieeg import convert, objectives, optim
+from popt_jax.ieeg import convert, objectives, optim, recipe, selections
 from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
@@ -203,7 +203,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
     tx = optim.make_optimizer(config)
     params = mesh_lib.replicate(parts.params, mesh)
     opt_state = mesh_lib.replicate(tx.init(parts.params), mesh)
-    train_step = objectives.make_train_step(task, parts, tx, mesh)
+    train_step = objectives.make_train_step(
+        task, parts, tx, mesh, loss_scaled_grad=bool(config.get("loss_scaled_grad", True)))
     eval_step = objectives.make_eval_step(task, parts, mesh)
 
     best_metric, best_mode = ("roc_auc", "max") if task == FINETUNE else ("loss", "min")
@@ -256,7 +257,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
                 logs.write(step, "train", values)
                 train_metrics = None
             stopping = step == int(config.get("stop_after_steps", 0) or -1)
-            if step % eval_every == 0 or step == total or stopping:
+            if recipe.eval_due(step, total, eval_every, str(config.get("eval_schedule", "every"))
+                               ) or stopping:
                 values, _ = evaluate(task, eval_step, params, data.eval_batches("valid"),
                                      eval_bs, mesh)
                 _check_finite({"loss": values["loss"]}, step, "validation loss", last_ckpt)
@@ -399,6 +401,7 @@ class StoreData:
         self.buckets = tuple(int(b) for b in d.buckets)
         self.workers = int(d.get("num_workers", 0))
         self.seed = int(config.seed)
+        self.order = str(d.get("order", "shuffle"))  # recipe.DATA_ORDERS
         n_proc = jax.process_count()
         self.batch = int(config.batch_size) // n_proc
         self.eval_batch = int(config.get("eval_batch_size") or config.batch_size) // n_proc
@@ -406,17 +409,21 @@ class StoreData:
         split = dict(split_mode=str(d.split), val_frac=float(d.val_fraction),
                      test_frac=float(d.test_fraction), time_blocks=int(d.time_blocks))
         selection = d.get("selection") or None
+        if selection:  # a packaged name ("clean_laplacian") or a path
+            selection = str(selections.resolve(selection))
+        trials = job_trials(d, store, task)
         if task == PRETRAIN:
             pcfg = ds.PretrainConfig(replace_p=float(d.replace_p), coord_jitter=float(
-                d.coord_jitter), pair_seed=self.seed, example_seed=self.seed, **split)
+                d.coord_jitter), pair_seed=self.seed, example_seed=self.seed,
+                keep_split_order=self.order == "upstream", **split)
 
             def make(name):
                 return ds.PretrainSource(store, name, pcfg, subjects=list(d.subjects) or None,
-                                         selection=selection)
+                                         selection=selection, trials=trials)
         else:
             def make(name):
                 return ds.FinetuneSource(store, str(config.task), str(d.subject), name,
-                                         selection=selection, **split)
+                                         selection=selection, trials=trials, **split)
         self.sources = {name: make(name) for name in ("train", "val", "test")}
         for name, src in self.sources.items():
             if len(src) < n_proc:
@@ -431,7 +438,8 @@ class StoreData:
     def train_iterator(self):
         dataset = self._ds.make_dataset(self.sources["train"], batch_size=self.batch,
                                         train=True, seed=self.seed, buckets=self.buckets,
-                                        worker_count=self.workers, **self.shard)
+                                        worker_count=self.workers, order=_order(self.order),
+                                        **self.shard)
         return iter(dataset)
 
     def eval_batches(self, split: str):
@@ -448,6 +456,26 @@ class StoreData:
             yield last
         for _ in range(n_batches):
             yield {**last, "valid": np.zeros_like(last["valid"])}
+
+
+def job_trials(d, store: Path, task: str) -> dict[str, list[str]] | None:
+    """The trials a job reads (`config.data.trials`; for pretraining minus the held-out
+    fine-tuning test trials `config.data.held_out_trials` unless `allow_held_out`)."""
+    wanted = selections.union_trials(d.get("trials") or None)
+    if task != PRETRAIN:
+        return wanted
+    held_name = d.get("held_out_trials") or ""
+    return selections.pretraining_trials(
+        selections.trials_of_files(sorted(Path(store).glob("sub_*_trial*.h5"))), wanted,
+        selections.union_trials(held_name or None), bool(d.get("allow_held_out", False)),
+        held_out_name=str(held_name))
+
+
+def _order(name: str) -> str:
+    if name not in recipe.DATA_ORDERS:
+        raise TrainingError(f"config.data.order must be one of {recipe.DATA_ORDERS}, got "
+                            f"{name!r}")
+    return "fixed" if name == "upstream" else "shuffle"
 
 
 def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
