@@ -75,4 +75,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.log_every = 100 if paper else 25
     config.eval_every = 100 if paper else 50  # validation ROC-AUC; the best is tested
     del config.lamb_clamp_value
+    # Also fit the linear baseline (logistic regression on the stored embeddings, the same
+    # split) and report it beside PopT in results.json and the log.
+    config.linear_baseline = True
     return config

@@ -51,8 +51,9 @@ __all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_
 
 SPEECH_BAND = (70.0, 150.0)
 PITCH_BAND = (20.0, 30.0)
-# Latent-state bands (Hz): clear of the planted bands, the line harmonics and their notches.
-STATE_BANDS = ((6.0, 14.0), (34.0, 52.0), (154.0, 176.0), (186.0, 204.0))
+# Latent-state bands (Hz): clear of the planted bands (and of high-gamma filters' skirts) and of
+# the line harmonics.
+STATE_BANDS = ((4.0, 12.0), (32.0, 46.0))
 STATE_CUTOFF_HZ = 0.3  # Gaussian spectral width of the log-envelopes (~0.5 s correlation)
 STATE_LOG_STD = 1.0  # std of each log-envelope
 STATE_AMPLITUDE = 30.0  # envelope scale (the background is 30 x unit-variance 1/f noise)

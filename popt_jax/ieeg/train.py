@@ -484,7 +484,20 @@ def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir = Path(workdir)
     store = ensure_features(config, workdir)
     data = StoreData(config, store, PRETRAIN)
-    return train_and_evaluate(config, workdir, task=PRETRAIN, data=data)
+    results = train_and_evaluate(config, workdir, task=PRETRAIN, data=data)
+    report_pretraining(results)
+    return results
+
+
+def report_pretraining(results: dict[str, Any]) -> None:
+    """The one line a pretraining run ends with: its test accuracies (chance: 0.5)."""
+    test = results.get("test")
+    if not test or jax.process_index() != 0:
+        return
+    line = (f"pretraining test: CLS accuracy {test['cls_accuracy']:.3f}, token accuracy "
+            f"{test['token_accuracy']:.3f} (chance 0.5; best step {results['best_step']})")
+    logging.info("%s", line)
+    print(line, flush=True)
 
 
 def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -510,5 +523,25 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
             pretrain_job(pre_cfg, init)
     popt_cfg, params = load_init(init)
     data = StoreData(config, store, FINETUNE)
-    return train_and_evaluate(config, workdir, task=FINETUNE, data=data, init_params=params,
-                              popt_cfg=popt_cfg)
+    results = train_and_evaluate(config, workdir, task=FINETUNE, data=data, init_params=params,
+                                 popt_cfg=popt_cfg)
+    if "test" in results and config.get("linear_baseline", True):
+        add_linear_baseline(results, data, workdir)
+    return results
+
+
+def add_linear_baseline(results: dict[str, Any], data: StoreData, workdir: Path) -> None:
+    """Logistic regression on the stored embeddings, same split, beside PopT's test metrics
+    (`results["linear_baseline"]`, results.json rewritten, one log/print line)."""
+    from popt_jax.ieeg.linear_baseline import linear_baseline
+
+    base = linear_baseline(data.sources["train"], data.sources["test"])
+    results["linear_baseline"] = base
+    if jax.process_index() == 0:
+        atomic_json(Path(workdir) / "results.json", results)
+        test = results["test"]
+        line = (f"fine-tuning test ROC-AUC: PopT {test['roc_auc']:.3f} | linear baseline "
+                f"(logistic regression on the stored embeddings) {base['roc_auc']:.3f} "
+                f"(n_test {base['n_test']})")
+        logging.info("%s", line)
+        print(line, flush=True)
