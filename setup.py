@@ -28,6 +28,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["popt_jax", "popt_jax.*"]),
+    # Upstream's trial and electrode selections (popt_jax/ieeg/selections/SOURCES.md).
+    package_data={"popt_jax.ieeg": ["selections/*.json", "selections/*.md"]},
     python_requires=">=3.10",
     install_requires=REQUIRED,
     extras_require={

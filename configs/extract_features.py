@@ -17,7 +17,11 @@ windows per trial) finish in about a minute on 2 CPU cores. `max_windows=-1` mea
 from ml_collections import config_dict
 
 
-def get_config() -> config_dict.ConfigDict:
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    """Args: arg: None (small synthetic default) or 'paper' (upstream's selections)."""
+    if arg not in (None, "", "paper"):
+        raise ValueError(f"configs/extract_features.py takes no argument or ':paper', got {arg!r}")
+    paper = arg == "paper"
     config = config_dict.ConfigDict()
     config.job = "extract_features"  # popt_jax.main dispatches on this
     config.workdir = ""  # output folder; --workdir wins; empty = runs/extract_features
@@ -26,8 +30,13 @@ def get_config() -> config_dict.ConfigDict:
     config.data = config_dict.ConfigDict()
     config.data.root = ""  # Brain Treebank root; empty = synthetic tree in {workdir}
     config.data.subjects = ()  # e.g. ("sub_1", "sub_3"); empty = every subject
-    config.data.selection = ""  # electrode selection JSON {subject: [names]}; empty = all
-    # (for the synthetic tree, empty means its electrode_selections/clean_laplacian.json)
+    # Electrode selection: a packaged name (popt_jax/ieeg/selections) or a JSON path
+    # {subject: [names]}; empty = all (for the synthetic tree: its own
+    # electrode_selections/clean_laplacian.json). Paper: upstream's clean_laplacian.
+    config.data.selection = "clean_laplacian" if paper else ""
+    # Trials to extract: packaged name(s) or JSON path(s), comma-separated (their union);
+    # empty = every trial. Paper: upstream's pretraining trials and held-out test trials.
+    config.data.trials = "pretrain_split_trials,test_trials" if paper else ""
     config.data.synthetic = config_dict.ConfigDict()  # write_synthetic_braintreebank(...)
     config.data.synthetic.n_subjects = 2  # sub_1..sub_n
     config.data.synthetic.trials_per_subject = 1  # recordings per subject
@@ -36,6 +45,9 @@ def get_config() -> config_dict.ConfigDict:
     config.data.synthetic.contacts = (6, 12)  # (min, max) contacts per shaft
     config.data.synthetic.seed = 0  # the tree is a function of its arguments
     config.data.synthetic.plant = True  # add the task-related structure
+    # A slowly varying, spatially coherent state (what pretraining learns from); False = a
+    # stationary background, where the pretraining objectives stay at chance.
+    config.data.synthetic.latent_state = True
 
     # Front end: the fields of popt_jax.data.preprocess.PreprocessConfig (upstream defaults).
     config.preprocess = config_dict.ConfigDict()
@@ -71,6 +83,7 @@ def get_config() -> config_dict.ConfigDict:
     config.storage_dtype = "float32"  # float32 or float16 embeddings on disk
     config.batch_windows = 32  # windows per device call (x electrodes x 10240 samples)
     config.chunk = config_dict.placeholder(int)  # brainbert_embed inner chunk; None = whole
-    config.max_windows = 100  # cap per group and trial; -1 = all windows
+    config.max_windows = -1 if paper else 100  # cap per group and trial; -1 = all windows
+    config.max_pretrain_windows = 0  # cap of the pretraining group; 0 = max_windows, -1 = all
     config.progress_every_s = 5.0  # seconds between progress lines
     return config

@@ -72,7 +72,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.split = "random" if paper else "time_blocked"
     config.data.val_fraction = 0.1
     config.data.test_fraction = 0.1
-    for key in ("subjects", "replace_p", "coord_jitter"):  # pretraining only
+    # Trials to fine-tune on (names/paths as in pretraining; empty = all the subject's
+    # trials). Paper: upstream's per-subject held-out test_trials.
+    config.data.trials = "test_trials" if paper else ""
+    for key in ("subjects", "replace_p", "coord_jitter", "held_out_trials",
+                "allow_held_out"):  # pretraining only
         del config.data[key]
 
     # Optimisation (upstream multi_elec_feature_extract.yaml, optim AdamW_finetune).
@@ -91,4 +95,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.log_every = 100 if paper else 25
     config.eval_every = 100 if paper else 50  # validation ROC-AUC; the best is tested
     del config.lamb_clamp_value
+    # Also fit the linear baseline (logistic regression on the stored embeddings, the same
+    # split) and report it beside PopT in results.json and the log.
+    config.linear_baseline = True
     return config

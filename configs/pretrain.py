@@ -63,12 +63,29 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.features_dir = ""
     config.default_inputs = config_dict.ConfigDict()  # used only for empty input paths
     config.default_inputs.extract = _load("extract_features").get_config()  # extraction config
+    if not paper:
+        # 500 pretraining windows (100 s) per synthetic recording: enough examples for the
+        # short default run to learn the synthetic latent state (~40 s more extraction).
+        config.default_inputs.extract.max_pretrain_windows = 500
+    else:
+        config.default_inputs.extract = _load("extract_features").get_config("paper")
 
     # Data (popt_jax.data.datasets): how pretraining examples are drawn from the store.
     config.data = config_dict.ConfigDict()
     config.data.subjects = ()  # subjects to pretrain on; empty = every file in the store
-    config.data.selection = ""  # electrode JSON {subject: [names]}; empty = all stored
-    config.data.split = "time_blocked"  # or "random" (upstream); saved in the split file
+    # Electrode selection: a packaged name (popt_jax/ieeg/selections) or a JSON path
+    # {subject: [names]}; empty = all stored. Paper: upstream's clean_laplacian.
+    config.data.selection = "clean_laplacian" if paper else ""
+    # Trials to pretrain on: packaged name(s) or JSON path(s), comma-separated; empty = every
+    # trial in the store. Paper: upstream's pretrain_split_trials.
+    config.data.trials = "pretrain_split_trials" if paper else ""
+    # The fine-tuning test trials pretraining never reads (one log line says which were
+    # excluded) unless allow_held_out is True.
+    config.data.held_out_trials = "test_trials"
+    config.data.allow_held_out = False
+    # "time_blocked" (new experiments: no overlap leak) or "random" (upstream's 89/1/10
+    # train_test_split; the paper variant). Saved in splits.json.
+    config.data.split = "random" if paper else "time_blocked"
     # Splits JSON (made once, reused; a stored split made with other settings is refused).
     # Empty = {workdir}/splits.json; name one file to share splits between experiments.
     config.data.split_file = ""
@@ -83,6 +100,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # data.buckets = datasets.PRETRAIN_BUCKETS (10, 20, ..., 100): no padding left.
     config.data.group_by_length = 0
     config.data.num_workers = 0  # grain worker processes (0 = in-process)
+    # Training order: "shuffle" (a new permutation per epoch) or "upstream" (shuffle: False:
+    # every epoch in the split's order; fine-tuning keeps the short last batch).
+    config.data.order = "upstream" if paper else "shuffle"
 
     config.model = model_config("paper" if paper else "small")
     config.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 parameters
@@ -98,6 +118,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.weight_decay = 0.0  # LAMB weight decay (upstream: none)
     config.lamb_clamp_value = 10.0  # weight-norm clamp in the trust ratio (torch_optimizer)
     config.grad_clip = 1.0  # global-norm clipping; 0 = off
+    # True: upstream's loss.backward(loss), i.e. the optimiser (and clipping) sees loss x
+    # gradient; False: the plain gradient (core.steps.make_train_step).
+    config.loss_scaled_grad = True
     config.warmup = 0.025  # linear warm-up over this fraction of total_steps
     config.gamma = 0.99  # then lr x gamma every (total - warm-up) / 100 steps
     config.total_steps = 500_000 if paper else 300  # optimiser steps
@@ -105,6 +128,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.eval_batch_size = 256 if paper else 32  # validation/test batch
     config.log_every = 1000 if paper else 25  # steps between progress lines / train metrics
     config.eval_every = 1000 if paper else 100  # steps between validation + checkpoint
+    # "every": after eval_every, 2 eval_every, ... and the last step; "upstream": after
+    # step 1, 1 + eval_every, ... and the last (runner.py's cadence).
+    config.eval_schedule = "upstream" if paper else "every"
     config.keep_checkpoints = 2  # latest checkpoints kept (the best is kept as well)
     config.rng_impl = "rbg"  # PRNG of the per-step dropout keys (masks: models.hashed_bits)
 

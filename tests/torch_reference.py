@@ -34,6 +34,7 @@ __all__ = [
     "ref_brainbert_spectrogram",
     "ref_brainbert_embed",
     "no_fastpath",
+    "RefLamb",
 ]
 
 
@@ -347,3 +348,41 @@ def ref_brainbert_embed(model: RefBrainBERT, x: np.ndarray) -> np.ndarray:
     hidden = model.eval()(spec, pad)
     mid = hidden.shape[1] // 2
     return hidden[:, mid - 5: mid + 5].mean(dim=1).numpy()
+
+
+class RefLamb(torch.optim.Optimizer):
+    """LAMB as `torch_optimizer.Lamb` (upstream's pretraining optimiser), restated here.
+
+    Per parameter with a gradient (None: skipped): Adam moments without bias correction
+    (`debias=False`), step = m / (sqrt(v) + eps) (+ weight_decay * p), trust ratio
+    min(||p||, clamp_value) / ||step|| (1 when either norm is 0), p -= lr * ratio * step.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
+                 clamp_value=10.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.clamp_value = clamp_value
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                state["step"] += 1
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                weight_norm = torch.norm(p).clamp(0, self.clamp_value)
+                adam_step = m / v.sqrt().add(group["eps"])
+                if group["weight_decay"] != 0:
+                    adam_step.add_(p, alpha=group["weight_decay"])
+                adam_norm = torch.norm(adam_step)
+                ratio = 1.0 if weight_norm == 0 or adam_norm == 0 else weight_norm / adam_norm
+                p.add_(adam_step, alpha=-group["lr"] * float(ratio))

@@ -48,19 +48,35 @@ class Schedule:
       log_every: steps between progress lines / train metrics (and the last step).
       eval_every: steps between validation + checkpoint (and the last step); 0 = only the last.
       stop_after: stop, checkpointed, after this step (a simulated preemption); 0 = never.
+      eval_schedule: "every": after steps eval_every, 2 eval_every, ...; "upstream": after
+        steps 1, 1 + eval_every, ... (upstream validates when its 0-based update counter is a
+        multiple of its log step); both also after the last step.
     """
 
     total: int
     log_every: int = 1
     eval_every: int = 0
     stop_after: int = 0
+    eval_schedule: str = "every"
+
+    def eval_due(self, step: int) -> bool:
+        """Whether to validate (and checkpoint) after optimiser update `step` (1-based)."""
+        if self.eval_schedule not in ("every", "upstream"):
+            raise ValueError(f"eval_schedule must be every or upstream, not "
+                             f"{self.eval_schedule!r}")
+        if step == self.total:
+            return True
+        if self.eval_schedule == "upstream":
+            return (step - 1) % self.eval_every == 0
+        return step % self.eval_every == 0
 
     @classmethod
     def from_config(cls, config) -> Schedule:
         """From the usual config fields (total_steps, log_every, eval_every, stop_after_steps)."""
         return cls(total=int(config.total_steps), log_every=max(1, int(config.log_every)),
                    eval_every=int(config.eval_every) or int(config.total_steps),
-                   stop_after=int(config.get("stop_after_steps", 0) or 0))
+                   stop_after=int(config.get("stop_after_steps", 0) or 0),
+                   eval_schedule=str(config.get("eval_schedule", "every")))
 
 
 @dataclasses.dataclass
@@ -145,7 +161,7 @@ def run_steps(state: RunState, schedule: Schedule, *, train_iter: Iterator,
             logs.write(step, "train", values)
             train_metrics = None
         stopping = step == schedule.stop_after
-        if step % schedule.eval_every == 0 or step == schedule.total or stopping:
+        if schedule.eval_due(step) or stopping:
             values = validate(state.params)
             check_finite({"loss": values["loss"]}, step, "validation loss", state.last_ckpt,
                          hint)

@@ -51,13 +51,21 @@ def fresh_rngs(spec, rng: jax.Array) -> nnx.State:
 
 
 def make_train_step(forward: Callable, collection, parts: ModelParts,
-                    tx: optax.GradientTransformation, mesh) -> Callable:
+                    tx: optax.GradientTransformation, mesh, *,
+                    loss_scaled_grad: bool = False) -> Callable:
     """Jitted `step(params, opt_state, batch, rng) -> (params, opt_state, metrics, grad norm)`.
 
     `forward(model, batch, deterministic, packed) -> (loss, outputs)`; `collection` is the
     clu metric collection filled from `outputs`. Params and optimiser state are donated and stay replicated; the batch is sharded over
     "data", so XLA inserts the gradient all-reduce. Buffers and the dropout-stream template
     are constants of the step. `rng` is this step's key (fold_in(base key, step)).
+
+    `loss_scaled_grad`: the optimiser gets loss x d(loss)/d(params) instead of the gradient.
+    Upstream PopT and BrainBERT call `loss.backward(loss)`, which seeds backpropagation with
+    the loss value itself, so their optimisers (and gradient clipping, and the logged
+    gradient norm) see the gradient scaled by the current loss; True reproduces that step
+    for step (the `loss_scaled_grad` config field, default True in the paper recipes), False
+    is the plain gradient. The returned norm is of what the optimiser received, pre-clipping.
     """
     graphdef, _, rng_template, consts = parts
     rep = replicated(mesh)
@@ -69,6 +77,9 @@ def make_train_step(forward: Callable, collection, parts: ModelParts,
             return forward(model, batch, False, packed)
 
         (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if loss_scaled_grad:  # upstream's loss.backward(loss)
+            scale = jax.lax.stop_gradient(loss).astype(jnp.float32)
+            grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         m = collection.single_from_model_output(**outputs)

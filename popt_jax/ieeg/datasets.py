@@ -203,10 +203,13 @@ class FeatureStore:
     Args:
         features_dir: the folder written by `popt_jax.features.extract_features`.
         subjects: keep only these subjects (default all).
+        trials: keep only these {subject: [trials]} (default all); the other files are
+            never opened (`popt_jax.ieeg.selections`).
     """
 
     def __init__(self, features_dir: str | os.PathLike,
-                 subjects: Sequence[int | str] | None = None):
+                 subjects: Sequence[int | str] | None = None,
+                 trials: Mapping[str, Sequence[str]] | None = None):
         self.dir = Path(features_dir)
         paths = sorted(self.dir.glob("sub_*_trial*.h5"),
                        key=lambda p: tuple(int("".join(c for c in part if c.isdigit()) or 0)
@@ -214,13 +217,19 @@ class FeatureStore:
         if not paths:
             raise DataError(self.dir, "no feature files (sub_*_trial*.h5) in this folder")
         wanted = {subject_id(s) for s in subjects} if subjects else None
+        if trials is not None:
+            from popt_jax.ieeg.selections import feature_file_trial
+
+            chosen = {(subject_id(s), t) for s, ts in trials.items() for t in ts}
+            paths = [p for p in paths if feature_file_trial(p) in chosen]
         self.files: list[FileInfo] = []
         for p in paths:
             info = self._read(p)
             if wanted is None or info.subject in wanted:
                 self.files.append(info)
         if not self.files:
-            raise DataError(self.dir, f"no feature files for subjects {sorted(wanted or [])}")
+            raise DataError(self.dir, f"no feature files for subjects {sorted(wanted or [])}"
+                            + (f" and trials {dict(trials)}" if trials is not None else ""))
 
     @staticmethod
     def _read(path: Path) -> FileInfo:
@@ -305,6 +314,8 @@ class PretrainConfig:
         val_frac, test_frac: split fractions (upstream pretraining: 0.01 and 0.1).
         split_seed: random-split seed (upstream 42).
         time_blocks: blocks per recording for "time_blocked".
+        keep_split_order: list a "random" split's examples in the order the split drew them
+            (upstream's unshuffled epochs) rather than sorted.
     """
 
     replace_p: float = 0.1
@@ -317,6 +328,7 @@ class PretrainConfig:
     test_frac: float = 0.1
     split_seed: int = 42
     time_blocks: int = 5
+    keep_split_order: bool = False
 
 
 def _replace(x: np.ndarray, alt: np.ndarray, p: float, rng: np.random.Generator
@@ -391,18 +403,20 @@ class PretrainSource:
         selection: optional electrode sub-selection {subject: [names]} or JSON path.
         split_file: JSON file the split is saved to / reused from (checked against the
             settings); None = made in memory (it is deterministic).
+        trials: restrict to these {subject: [trials]} (other files are never opened).
     """
 
     def __init__(self, features_dir: str | os.PathLike, split: str = "train",
                  cfg: PretrainConfig = PretrainConfig(),
                  subjects: Sequence[int | str] | None = None,
                  selection: Mapping[str, Sequence[str]] | str | None = None,
-                 split_file: str | os.PathLike | None = None):
+                 split_file: str | os.PathLike | None = None,
+                 trials: Mapping[str, Sequence[str]] | None = None):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
         if cfg.split_mode not in ("random", "time_blocked"):
             raise ValueError(f"split_mode must be random or time_blocked, not {cfg.split_mode!r}")
-        store = FeatureStore(features_dir, subjects)
+        store = FeatureStore(features_dir, subjects, trials)
         self.cfg, self.split = cfg, split
         self.paths = [fi.path for fi in store.files]
         self.rows = store.selection_rows(selection)
@@ -425,7 +439,8 @@ class PretrainSource:
                 lambda: random_split(len(file_of), cfg.val_frac, cfg.test_frac, cfg.split_seed))
             # B and R may come from anywhere in the recording (upstream).
             self._pool = [np.arange(n) for n in n_win]
-            keep = np.asarray(sorted(entry[split]), dtype=np.int64)
+            keep = np.asarray(entry[split] if cfg.keep_split_order else sorted(entry[split]),
+                              dtype=np.int64)
         else:
             params["time_blocks"] = cfg.time_blocks
             all_starts = np.concatenate([fi.pretrain_starts for fi in store.files])
@@ -511,16 +526,18 @@ class FinetuneSource:
         time_blocks: blocks per recording for "time_blocked".
         split_file: JSON file the split is saved to / reused from (checked against the
             settings); None = made in memory (it is deterministic).
+        trials: restrict to these {subject: [trials]} (upstream: the held-out test trials).
     """
 
     def __init__(self, features_dir: str | os.PathLike, task: str, subject: int | str,
                  split: str = "train", *, split_mode: str = "time_blocked",
                  selection: Mapping[str, Sequence[str]] | str | None = None,
                  val_frac: float = 0.1, test_frac: float = 0.1, split_seed: int = 42,
-                 time_blocks: int = 5, split_file: str | os.PathLike | None = None):
+                 time_blocks: int = 5, split_file: str | os.PathLike | None = None,
+                 trials: Mapping[str, Sequence[str]] | None = None):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
-        store = FeatureStore(features_dir, [subject])
+        store = FeatureStore(features_dir, [subject], trials)
         missing = [fi.path for fi in store.files if task not in fi.tasks]
         if missing:
             raise DataError(missing[0], f"no task '{task}' in this feature file")
@@ -650,7 +667,7 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
                  buckets: Sequence[int] = DEFAULT_BUCKETS, worker_count: int = 0,
                  worker_buffer_size: int = 2, read_threads: int = 4,
                  prefetch_batches: int = 8, shard_index: int = 0, shard_count: int = 1,
-                 group_by_length: int = 0) -> grain.IterDataset:
+                 group_by_length: int = 0, order: str = "shuffle") -> grain.IterDataset:
     """The grain pipeline over a source: batches of padded numpy arrays.
 
     Training: ``source -> seed -> shuffle -> repeat(num_epochs; None = forever) ->
@@ -680,6 +697,10 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
             windows of this many global batches (`length_grouped_examples`): the same
             examples in the same windows, far less padding. Pair with buckets that fit the
             lengths (`PRETRAIN_BUCKETS`).
+        order: training order: "shuffle" (a new permutation per epoch) or "fixed"
+            (upstream's `shuffle: False`: every epoch in the source's order; pretraining drops
+            each epoch's remainder, fine-tuning keeps a short last batch, padded with
+            `valid` False rows that weigh nothing in the loss). "fixed" is single-process.
 
     Returns:
         A `grain.IterDataset`; iterate it, or checkpoint its iterator's state.
@@ -693,6 +714,11 @@ def make_dataset(source: PretrainSource | FinetuneSource, *, batch_size: int, tr
         make_random, make_eval = source.random_example, source.deterministic_example
     else:
         make_random, make_eval = None, None
+    if order not in ("shuffle", "fixed"):
+        raise ValueError(f"order must be shuffle or fixed, not {order!r}")
+    if train and order == "fixed":
+        return _fixed_order_dataset(ds, make_random, batch_size, seed, num_epochs, buckets,
+                                    read_threads, prefetch_batches, shard_count)
     grouped = bool(train and group_by_length and make_random is not None)
     if grouped:
         ds = length_grouped_examples(source, seed=seed, num_epochs=num_epochs,
@@ -838,3 +864,22 @@ class GroupedCollator(Collator):
         longest = max(int(e.get("pad_to", len(e["x"]))) for e in examples)
         return collate(examples, (bucket_length(longest, self.buckets),), self.batch_size,
                        self._alloc)
+
+
+def _fixed_order_dataset(ds: grain.MapDataset, make_random, batch_size: int, seed: int,
+                         num_epochs: int | None, buckets: Sequence[int], read_threads: int,
+                         prefetch_batches: int, shard_count: int) -> grain.IterDataset:
+    """Upstream's unshuffled epochs (`make_dataset(order="fixed")`)."""
+    if shard_count > 1:
+        raise ValueError("order='fixed' (upstream's epochs) runs in a single process")
+    collator = Collator(buckets, batch_size)
+    if make_random is not None:  # pretraining: DataLoader(drop_last=True), fresh draws
+        n = len(ds) // batch_size * batch_size
+        if n == 0:
+            raise ValueError(f"the split has {len(ds)} examples, fewer than one batch")
+        ds = ds[:n].seed(seed).repeat(num_epochs).random_map(make_random)
+        ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collator)
+    else:  # fine-tuning: DataLoader(drop_last=False), the short last batch padded
+        ds = ds.batch(batch_size, drop_remainder=False, batch_fn=collator).repeat(num_epochs)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                prefetch_buffer_size=prefetch_batches))

@@ -150,7 +150,8 @@ def _write_trial(bt: BrainTreebank, model: brainbert.BrainBERT, subject: str, tr
                  names: list[str], path: Path, attrs: dict[str, Any], *,
                  cfg: pp.PreprocessConfig, tasks: Sequence[str], batch_windows: int,
                  compute_dtype, storage_dtype: str, max_windows: int | None,
-                 chunk: int | None, progress_every_s: float) -> int:
+                 chunk: int | None, progress_every_s: float,
+                 max_pretrain_windows: int | None = None) -> int:
     """Preprocess one trial, embed its windows and write ``path`` atomically; returns windows."""
     label = f"{subject} {trial}"
     t0 = time.perf_counter()
@@ -164,7 +165,8 @@ def _write_trial(bt: BrainTreebank, model: brainbert.BrainBERT, subject: str, tr
 
     pre_starts = np.zeros(0, np.int64)
     if "pretrain" in tasks:
-        pre_starts = pp.pretraining_window_starts(n_samples, cfg)[:max_windows]
+        pre_cap = max_windows if max_pretrain_windows is None else max_pretrain_windows
+        pre_starts = pp.pretraining_window_starts(n_samples, cfg)[:pre_cap]
     examples: dict[str, tuple[pp.TaskExamples, np.ndarray]] = {}
     finetune = [t for t in tasks if t != "pretrain"]
     if finetune:
@@ -265,8 +267,8 @@ def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
              selection=None, brainbert=None, preprocess_cfg=None,
              tasks=DEFAULT_TASKS, batch_windows: int = 32, compute_dtype=jnp.float32,
              storage_dtype: str = "float32", max_windows: int | None = None, seed: int = 0,
-             chunk: int | None = None, progress_every_s: float = 5.0
-             ) -> tuple[list[Path], dict[str, int]]:
+             chunk: int | None = None, progress_every_s: float = 5.0,
+             max_pretrain_windows: int | None = None) -> tuple[list[Path], dict[str, int]]:
     """`extract_features`, also returning counts of the work done (for the job summary)."""
     unknown = [t for t in tasks if t not in feature_store.ALL_TASKS]
     if unknown or not tasks:
@@ -300,6 +302,8 @@ def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
                 "storage_dtype": storage_dtype, "compute_dtype": str(jnp.dtype(compute_dtype)),
                 "requested_electrodes": list(chosen[s]),
             }
+            if max_pretrain_windows is not None:  # absent = max_windows (older stores)
+                extraction["max_pretrain_windows"] = max_pretrain_windows
             want = {**base, "preprocess_config": feature_store.preprocess_json(cfg),
                     "extraction": extraction}
             if path.exists():
@@ -312,7 +316,8 @@ def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
             n = _write_trial(bt, model, s, t, chosen[s], path, attrs, cfg=cfg, tasks=tasks,
                              batch_windows=batch_windows, compute_dtype=compute_dtype,
                              storage_dtype=storage_dtype, max_windows=max_windows,
-                             chunk=chunk, progress_every_s=progress_every_s)
+                             chunk=chunk, progress_every_s=progress_every_s,
+                             max_pretrain_windows=max_pretrain_windows)
             n_e = len(read_attrs(path)["electrode_names"])
             counts["computed_windows"] += n
             counts["computed_electrode_windows"] += n * n_e
@@ -414,6 +419,15 @@ def synthetic_root(config, workdir: str | os.PathLike) -> Path:
     return root
 
 
+def _pretrain_cap(config) -> int | None:
+    """`config.max_pretrain_windows`: None/0 = as max_windows, -1 = all (None to `_extract`
+    means "as max_windows", so "all" becomes a cap no trial reaches)."""
+    cap = config.get("max_pretrain_windows")
+    if not cap:
+        return None
+    return int(cap) if int(cap) > 0 else 2**62
+
+
 def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     """The ``extract_features`` job: features of ``config.data`` into ``{workdir}/features``.
 
@@ -423,23 +437,38 @@ def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    from popt_jax.ieeg import selections
+
     if config.data.root:
         root = Path(config.data.root)
-        selection = config.data.selection or None
+        selection = selections.resolve(config.data.selection) if config.data.selection else None
     else:
         root = synthetic_root(config, workdir)
-        selection = (config.data.selection
-                     or root / "electrode_selections" / "clean_laplacian.json")
+        selection = (selections.resolve(config.data.selection) if config.data.selection
+                     else root / "electrode_selections" / "clean_laplacian.json")
+    trials = selections.union_trials(config.data.get("trials") or None)
+    subjects = [subject_id(s) for s in config.data.subjects] or None
+    if trials is not None:  # only the selected subjects and trials
+        in_tree = set(BrainTreebank(root, fs=float(config.preprocess.fs)).subjects())
+        absent = sorted(set(trials) - in_tree)
+        if absent:
+            logging.warning("trial selection %s names subjects not in %s: %s (skipped)",
+                            config.data.trials, root, ", ".join(absent))
+        subjects = [s for s in (subjects or sorted(trials, key=lambda k: int(k[4:])))
+                    if s in trials and s in in_tree]
+        logging.info("extracting the trials of %s: %s", config.data.trials,
+                     {s: trials[s] for s in subjects})
     model, ckpt_hash = brainbert_from_config(config)
     out_dir = workdir / "features"
     paths, counts = _extract(
-        root, out_dir, checkpoint_hash=ckpt_hash, subjects=list(config.data.subjects) or None,
+        root, out_dir, checkpoint_hash=ckpt_hash, subjects=subjects,
         selection=selection, brainbert=model, preprocess_cfg=preprocess_config_from(
             config.preprocess), tasks=tuple(config.tasks), batch_windows=config.batch_windows,
         compute_dtype=jnp.dtype(config.compute_dtype), storage_dtype=config.storage_dtype,
         max_windows=None if config.max_windows is None or config.max_windows < 0
         else config.max_windows, seed=config.seed, chunk=config.get("chunk"),
-        progress_every_s=config.get("progress_every_s", 5.0))
+        progress_every_s=config.get("progress_every_s", 5.0),
+        max_pretrain_windows=_pretrain_cap(config), trials=trials)
     seconds = time.perf_counter() - t0
     windows: dict[str, int] = {}
     electrodes: dict[str, int] = {}

@@ -172,10 +172,14 @@ def metrics_class(task: str):
     return {PRETRAIN: PretrainMetrics, REGRESSION: RegressionMetrics}.get(task, FinetuneMetrics)
 
 
-def make_train_step(task: str, parts: steps.ModelParts, tx: optax.GradientTransformation, mesh):
-    """The jitted PopT train step (`core.steps.make_train_step` with this task's loss)."""
+def make_train_step(task: str, parts: steps.ModelParts, tx: optax.GradientTransformation, mesh,
+                    *, loss_scaled_grad: bool = False):
+    """The jitted PopT train step (`core.steps.make_train_step` with this task's loss).
+
+    `loss_scaled_grad`: upstream's `loss.backward(loss)` (see `core.steps.make_train_step`).
+    """
     return steps.make_train_step(functools.partial(forward, task), metrics_class(task), parts,
-                                 tx, mesh)
+                                 tx, mesh, loss_scaled_grad=loss_scaled_grad)
 
 
 def make_eval_step(task: str, parts: steps.ModelParts, mesh):

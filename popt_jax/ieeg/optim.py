@@ -91,18 +91,46 @@ def scale_by_lamb_moments(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
     return optax.GradientTransformation(init, update)
 
 
-def scale_by_clamped_trust_ratio(clamp_value: float = 10.0) -> optax.GradientTransformation:
-    """Per tensor: update x min(||w||, clamp) / ||update|| (1 when either norm is 0)."""
+def torch_tensor_of(path) -> str:
+    """The upstream (torch) tensor a parameter belongs to, as a '/'-joined path.
+
+    torch's `nn.MultiheadAttention` keeps the query, key and value projections in one
+    `in_proj_weight` / `in_proj_bias`; the JAX layers split them. Per-tensor optimiser
+    quantities (LAMB's trust ratio) must be computed over the packed tensor to match.
+    """
+    # Tree keys and indices; attribute keys (an nnx Variable's `.value`) are not names.
+    names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path
+             if not isinstance(k, jax.tree_util.GetAttrKey)]
+    if len(names) >= 3 and names[-2] in ("query", "key", "value") and \
+            names[-1] in ("kernel", "bias"):
+        names = names[:-2] + [f"in_proj_{names[-1]}"]
+    return "/".join(names)
+
+
+def scale_by_clamped_trust_ratio(clamp_value: float = 10.0,
+                                 tensor_of=torch_tensor_of) -> optax.GradientTransformation:
+    """Per tensor: update x min(||w||, clamp) / ||update|| (1 when either norm is 0).
+
+    `tensor_of(path)` names the tensor each leaf belongs to (default `torch_tensor_of`:
+    upstream's packed attention projections); norms run over all leaves of one tensor.
+    """
 
     def update(updates, state, params):
-        def ratio(u, p):
-            w_norm = jnp.minimum(jnp.linalg.norm(p.astype(jnp.float32)), clamp_value)
-            u_norm = jnp.linalg.norm(u)
-            trust = jnp.where((w_norm > 0) & (u_norm > 0), w_norm / jnp.where(u_norm > 0,
-                                                                               u_norm, 1.0), 1.0)
-            return u * trust
-
-        return jax.tree.map(ratio, updates, params), state
+        paths = [tensor_of(p) for p, _ in jax.tree_util.tree_flatten_with_path(updates)[0]]
+        u_leaves, treedef = jax.tree.flatten(updates)
+        p_leaves = treedef.flatten_up_to(params)
+        w_sq: dict[str, jax.Array] = {}
+        u_sq: dict[str, jax.Array] = {}
+        for name, u, p in zip(paths, u_leaves, p_leaves, strict=True):
+            w_sq[name] = w_sq.get(name, 0.0) + jnp.sum(jnp.square(p.astype(jnp.float32)))
+            u_sq[name] = u_sq.get(name, 0.0) + jnp.sum(jnp.square(u))
+        out = []
+        for name, u in zip(paths, u_leaves, strict=True):
+            w_norm = jnp.minimum(jnp.sqrt(w_sq[name]), clamp_value)
+            u_norm = jnp.sqrt(u_sq[name])
+            ok = (w_norm > 0) & (u_norm > 0)
+            out.append(u * jnp.where(ok, w_norm / jnp.where(u_norm > 0, u_norm, 1.0), 1.0))
+        return jax.tree.unflatten(treedef, out), state
 
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
@@ -114,7 +142,8 @@ def lamb(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9
 
     Differs from `optax.lamb` in two ways that change the steps: no bias correction by
     default and the weight norm in the trust ratio is clamped at `clamp_value` (most PopT
-    matrices have norms above 10, so the clamp shrinks their steps).
+    matrices have norms above 10, so the clamp shrinks their steps). Trust ratios are per
+    torch tensor (`torch_tensor_of`: the attention's packed q/k/v projection is one).
     """
     parts = [scale_by_lamb_moments(b1, b2, eps, debias)]
     if weight_decay:
@@ -124,10 +153,19 @@ def lamb(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9
 
 
 def param_group(path) -> str:
-    """'head' for the fine-tuning head (`linear_out`), 'body' for everything else."""
+    """'head' for the fine-tuning head (`linear_out`), 'unused' for a head no loss reads
+    (`recipe.receives_gradient`), 'body' for everything else."""
+    from popt_jax.ieeg.recipe import receives_gradient
+
     first = path[0]
     name = getattr(first, "key", getattr(first, "name", first))
-    return "head" if str(name) == "linear_out" else "body"
+    if str(name) == "linear_out":
+        return "head"
+    return "body" if receives_gradient(path) else "unused"
+
+
+def _groups(params):
+    return jax.tree_util.tree_map_with_path(lambda p, _: param_group(p), params)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -135,14 +173,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
     Config fields: `task` ('pretrain'/'finetune'), `optimizer` ('lamb'/'adamw'), `lr`,
     `total_steps`, `warmup`, `gamma`, `grad_clip` (0 = off), `weight_decay`, `body_lr_scale`.
+
+    Heads that no loss reads (`recipe.receives_gradient`) are left alone: upstream's torch
+    optimisers skip parameters without a gradient, so they get no step and no weight decay.
     """
     steps, warmup, gamma = int(config.total_steps), float(config.warmup), float(config.gamma)
     lr = float(config.lr)
     name = str(config.optimizer).lower()
     if name == "lamb":
-        tx = lamb(ramp_up_schedule(lr, steps, warmup, gamma),
-                  weight_decay=float(config.get("weight_decay", 0.0)),
-                  clamp_value=float(config.get("lamb_clamp_value", 10.0)))
+        body = lamb(ramp_up_schedule(lr, steps, warmup, gamma),
+                    weight_decay=float(config.get("weight_decay", 0.0)),
+                    clamp_value=float(config.get("lamb_clamp_value", 10.0)))
+        tx = optax.multi_transform({"head": body, "body": body,
+                                    "unused": optax.set_to_zero()}, _groups)
     elif name == "adamw":
         # torch.optim.AdamW defaults (eps 1e-8); decay is decoupled and scaled by each group's lr.
         def adamw(scale):
@@ -150,8 +193,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
                                b2=0.999, eps=1e-8, weight_decay=float(config.weight_decay))
 
         tx = optax.multi_transform(
-            {"head": adamw(1.0), "body": adamw(float(config.get("body_lr_scale", 0.1)))},
-            lambda params: jax.tree_util.tree_map_with_path(lambda p, _: param_group(p), params))
+            {"head": adamw(1.0), "body": adamw(float(config.get("body_lr_scale", 0.1))),
+             "unused": optax.set_to_zero()}, _groups)
     else:
         raise TrainingError(f"config.optimizer must be 'lamb' or 'adamw', got {config.optimizer!r}")
     clip = float(config.get("grad_clip", 0.0))

@@ -4,7 +4,9 @@
 upstream PopT readers both accept: per-trial h5 files with ``data/electrode_{i}``, cleaned-name
 JSON labels (with non-localized trigger/EKG channels, as in the real data), ``depth-wm.csv``
 with L/I/P coordinates and Desikan-Killiany regions, trigger timings, movie metadata, a
-``features.csv`` transcript per movie and a clean_laplacian-style electrode selection.
+``features.csv`` transcript per movie, a clean_laplacian-style electrode selection with the
+BrainBERT-style ``corrupted_elec.json`` it derives from, and upstream-style trial selections
+(``trial_selections/pretrain_split_trials.json``, ``test_trials.json``).
 
 The signals are 1/f background (shared within a shaft, so re-referencing matters) plus 60 Hz
 line noise and harmonics (so the notches matter). With ``plant=True`` three electrode groups
@@ -22,6 +24,17 @@ They start 0.1 s before the onset and peak about 0.1 s after it: BrainBERT z-sco
 that differs from the rest of the window right there survives into the embeddings.
 ``plant=False`` draws exactly the same random numbers and simply does not add the planted
 components. The groups and timing constants are written to ``synthetic_truth.json``.
+
+With ``latent_state=True`` (the default) every recording also carries a slowly varying,
+spatially coherent brain state, the structure PopT's pretraining objectives feed on: a few
+Gaussian-process log-envelopes (`STATE_BANDS`, away from the planted bands and the line
+harmonics; correlation time about half a second, so windows 0.2 s apart share their state and
+windows seconds apart do not) modulate band-limited noise in every electrode of the subject
+(the same envelopes everywhere, a per-electrode gain). BrainBERT z-scores each window per
+frequency row, so what reaches the embeddings is each envelope's course across the window,
+seen at its centre: consecutive windows look alike, and a token taken from another time
+disagrees with its neighbours. The state has its own random stream: ``latent_state=False``
+writes bit for bit the tree an earlier version wrote.
 """
 
 from __future__ import annotations
@@ -35,10 +48,16 @@ import h5py
 import numpy as np
 from scipy import fft as sp_fft
 
-__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND"]
+__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_BANDS"]
 
 SPEECH_BAND = (70.0, 150.0)
 PITCH_BAND = (20.0, 30.0)
+# Latent-state bands (Hz): clear of the planted bands (and of high-gamma filters' skirts) and of
+# the line harmonics.
+STATE_BANDS = ((4.0, 12.0), (32.0, 46.0))
+STATE_CUTOFF_HZ = 0.3  # Gaussian spectral width of the log-envelopes (~0.5 s correlation)
+STATE_LOG_STD = 1.0  # std of each log-envelope
+STATE_AMPLITUDE = 30.0  # envelope scale (the background is 30 x unit-variance 1/f noise)
 _LINE = {60: 40.0, 120: 8.0, 180: 12.0, 240: 2.0, 300: 4.0, 360: 1.0}  # amplitude per harmonic
 _TRIGGER_EVERY_S = 1.0
 _VOCAB = [
@@ -182,13 +201,38 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
+def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np.ndarray:
+    """The latent-state component [n_e, n_t] (float32) of one recording (module docstring).
+
+    Per band: a smooth Gaussian log-envelope shared by every electrode (drawn at 64 Hz and
+    interpolated), times independent band-limited noise per electrode, times a per-electrode
+    gain in [0.7, 1.3].
+    """
+    out = np.zeros((n_e, n_t), np.float32)
+    rate = 64.0
+    n_slow = int(np.ceil(n_t / fs * rate)) + 2
+    f = np.fft.rfftfreq(n_slow, 1.0 / rate)
+    gain = np.exp(-0.5 * (f / STATE_CUTOFF_HZ) ** 2)
+    gain[0] = 0.0
+    t_slow, t = np.arange(n_slow) / rate, np.arange(n_t) / fs
+    for band in STATE_BANDS:
+        spec = gain * (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f)))
+        z = np.fft.irfft(spec, n=n_slow)
+        z *= STATE_LOG_STD / max(float(z.std()), 1e-12)
+        env = STATE_AMPLITUDE * np.exp(np.interp(t, t_slow, z) - 0.5 * STATE_LOG_STD**2)
+        carrier = _colored_noise(rng, n_e, n_t, fs, band)
+        gains = rng.uniform(0.7, 1.3, (n_e, 1)).astype(np.float32)
+        out += gains * carrier * env[None, :].astype(np.float32)
+    return out
+
+
 # --------------------------------------------------------------------------- the writer
 
 
 def write_synthetic_braintreebank(
     root: str | Path, *, n_subjects: int = 2, trials_per_subject: int = 1,
     duration_s: float = 180.0, n_shafts: int = 3, contacts: tuple[int, int] = (6, 12),
-    fs: float = 2048.0, seed: int = 0, plant: bool = True,
+    fs: float = 2048.0, seed: int = 0, plant: bool = True, latent_state: bool = True,
 ) -> Path:
     """Write a seeded synthetic Brain Treebank under ``root`` and return ``root``.
 
@@ -202,6 +246,7 @@ def write_synthetic_braintreebank(
         fs: sampling rate in Hz.
         seed: everything written is a function of the arguments.
         plant: add the stimulus-locked components (see module docstring).
+        latent_state: add the slowly varying, spatially coherent state (module docstring).
 
     Returns:
         The root folder as a `Path`.
@@ -214,27 +259,43 @@ def write_synthetic_braintreebank(
     if not 1 <= n_shafts <= 200:  # the stem generator has 384 distinct names
         raise ValueError("n_shafts must be in [1, 200]")
     movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
-    truth: dict = {"seed": seed, "plant": plant, "fs": fs, "duration_s": duration_s,
+    truth: dict = {"seed": seed, "plant": plant, "latent_state": latent_state,
+                   "state_bands": STATE_BANDS, "fs": fs, "duration_s": duration_s,
                    "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
                    "burst_offset_s": -0.1, "burst_length_s": 0.4, "subjects": {}}
     movies = [_write_movie(root, np.random.default_rng([seed, 1_000_003, m]),
                            f"synthetic-movie-{m}", movie_s) for m in range(trials_per_subject)]
     selection: dict[str, list[str]] = {}
+    corrupted: dict[str, list[str]] = {}
     for s in range(1, n_subjects + 1):
         sid = f"sub_{s}"
         rng = np.random.default_rng([seed, s])  # the subject's draws, in this order:
         subject = _write_subject(root, rng, sid, n_shafts, contacts)
         selection[sid] = subject.selection
+        corrupted[f"subject{s}"] = ["DC1", subject.starred + "*"]
         truth["subjects"][sid] = {**subject.groups, "trials": {}}
         for t in range(trials_per_subject):
             tid = f"trial{t:03d}"
+            # The latent state has its own random stream: the other draws do not depend on it.
+            state_rng = np.random.default_rng([seed, s, t, 7_919]) if latent_state else None
             truth["subjects"][sid]["trials"][tid] = _write_trial(
                 root, rng, subject, sid, tid, movies[t], int(round(duration_s * fs)), movie_s,
-                fs, plant)
+                fs, plant, state_rng)
     _write_json(root / "electrode_selections" / "clean_laplacian.json", selection)
-    _write_json(root / "trial_selections" / "all_trials.json",
-                {f"sub_{s}": [f"trial{t:03d}" for t in range(trials_per_subject)]
-                 for s in range(1, n_subjects + 1)})
+    # BrainBERT-style corrupted list (keys "subjectN"): a trigger channel and the starred
+    # electrode written with its mark, which (as upstream compares) removes nothing, so
+    # clean_laplacian above is what scripts/derive_electrode_selection.py derives.
+    _write_json(root / "corrupted_elec.json", corrupted)
+    all_trials = {f"sub_{s}": [f"trial{t:03d}" for t in range(trials_per_subject)]
+                  for s in range(1, n_subjects + 1)}
+    _write_json(root / "trial_selections" / "all_trials.json", all_trials)
+    # Upstream-style analogues: the last trial of each subject is its held-out fine-tuning
+    # test trial (none with one trial per subject), the others are pretrained on.
+    held = trials_per_subject > 1
+    _write_json(root / "trial_selections" / "test_trials.json",
+                {s: ts[-1:] for s, ts in all_trials.items()} if held else {})
+    _write_json(root / "trial_selections" / "pretrain_split_trials.json",
+                {s: ts[:-1] if held else ts for s, ts in all_trials.items()})
     (root / "synthetic_truth.json").write_text(json.dumps(truth, indent=1, default=float))
     return root
 
@@ -268,6 +329,7 @@ class _Subject:
     labels: list[str]  # every channel in file order (neural + EKG + trigger channels)
     selection: list[str]  # the clean_laplacian selection (interior contacts, shuffled)
     groups: dict[str, list[str]]  # contacts carrying the speech / onset / pitch components
+    starred: str  # the contact whose name carries a '*' in the label and localization files
 
 
 def _write_subject(root: Path, rng: np.random.Generator, sid: str, n_shafts: int,
@@ -302,12 +364,12 @@ def _write_subject(root: Path, rng: np.random.Generator, sid: str, n_shafts: int
         "speech": sorted(interior[i] for i in groups[:n_g]),
         "onset": sorted(interior[i] for i in groups[n_g:2 * n_g]),
         "pitch": sorted(interior[i] for i in groups[2 * n_g:3 * n_g]),
-    })
+    }, starred)
 
 
 def _write_trial(root: Path, rng: np.random.Generator, subject: _Subject, sid: str, tid: str,
                  movie_words: tuple[str, dict], n_t: int, movie_s: float, fs: float,
-                 plant: bool) -> dict:
+                 plant: bool, state_rng: np.random.Generator | None = None) -> dict:
     """Triggers, metadata and the recording of one trial; returns its truth entry."""
     movie, words = movie_words
     lead = rng.uniform(4.0, 7.0)
@@ -323,6 +385,8 @@ def _write_trial(root: Path, rng: np.random.Generator, subject: _Subject, sid: s
     (root / "subject_metadata" / f"{sid}_{tid}_metadata.json").write_text(
         json.dumps(meta, indent=1))
     x = _background(rng, subject, n_t, fs)
+    if state_rng is not None:
+        x += _latent_state(state_rng, len(subject.neural), n_t, fs)
     index = {n: i for i, n in enumerate(subject.neural)}
     envelopes = _envelopes(words, _to_sample(np.asarray(words["start"]), lead, drift, fs) / fs,
                            n_t, fs)

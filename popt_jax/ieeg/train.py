@@ -57,7 +57,7 @@ from popt_jax.core.logs import Logs
 from popt_jax.core.metrics import compute_metrics
 from popt_jax.core.overview import parameter_overview
 from popt_jax.errors import TrainingError
-from popt_jax.ieeg import convert, defaults, objectives, optim, variants
+from popt_jax.ieeg import convert, defaults, objectives, optim, recipe, selections, variants
 from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN, REGRESSION
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
@@ -138,7 +138,8 @@ def build_parts(config, task: str, popt_cfg: PopTConfig, init_params: nnx.State 
 def popt_step_fn(config, task: str, parts: steps.ModelParts, tx, mesh):
     """The `loop.run_steps` step: checks the local batch, plans token packing, runs the
     jitted train step on the global batch; aux = the gradient norm."""
-    train_step = objectives.make_train_step(task, parts, tx, mesh)
+    train_step = objectives.make_train_step(
+        task, parts, tx, mesh, loss_scaled_grad=bool(config.get("loss_scaled_grad", True)))
     local_bs = mesh_lib.local_batch_size(int(config.batch_size), mesh)
     pack_tokens = bool(config.get("pack_tokens", True))
 
@@ -351,16 +352,22 @@ class StoreData:
         self.workers = int(d.get("num_workers", 0))
         self._group = int(d.get("group_by_length", 0)) if task == PRETRAIN else 0
         self.seed = int(config.seed)
+        self.order = str(d.get("order", "shuffle"))  # recipe.DATA_ORDERS
         n_proc = jax.process_count()
         self.batch = int(config.batch_size) // n_proc
         self.eval_batch = int(config.get("eval_batch_size") or config.batch_size) // n_proc
         self.shard = dict(shard_index=jax.process_index(), shard_count=n_proc)
         split = dict(split_mode=str(d.split), val_frac=float(d.val_fraction),
                      test_frac=float(d.test_fraction), time_blocks=int(d.time_blocks))
-        shared = dict(selection=d.get("selection") or None, split_file=split_file)
+        selection = d.get("selection") or None
+        if selection:  # a packaged name ("clean_laplacian") or a path
+            selection = str(selections.resolve(selection))
+        shared = dict(selection=selection, split_file=split_file,
+                      trials=job_trials(d, store, task))
         if task == PRETRAIN:
             pcfg = ds.PretrainConfig(replace_p=float(d.replace_p), coord_jitter=float(
-                d.coord_jitter), pair_seed=self.seed, example_seed=self.seed, **split)
+                d.coord_jitter), pair_seed=self.seed, example_seed=self.seed,
+                keep_split_order=self.order == "upstream", **split)
 
             def make(name):
                 return ds.PretrainSource(store, name, pcfg, subjects=list(d.subjects) or None,
@@ -386,8 +393,8 @@ class StoreData:
     def train_iterator(self):
         dataset = self._ds.make_dataset(self.sources["train"], batch_size=self.batch,
                                         train=True, seed=self.seed, buckets=self.buckets,
-                                        worker_count=self.workers, **self.shard,
-                                        group_by_length=int(self._group))
+                                        worker_count=self.workers, order=_order(self.order),
+                                        **self.shard, group_by_length=int(self._group))
         return iter(dataset)
 
     def eval_batches(self, split: str):
@@ -411,6 +418,26 @@ def split_file(config, workdir: Path) -> Path:
     return Path(config.data.get("split_file") or Path(workdir) / "splits.json")
 
 
+def job_trials(d, store: Path, task: str) -> dict[str, list[str]] | None:
+    """The trials a job reads (`config.data.trials`; for pretraining minus the held-out
+    fine-tuning test trials `config.data.held_out_trials` unless `allow_held_out`)."""
+    wanted = selections.union_trials(d.get("trials") or None)
+    if task != PRETRAIN:
+        return wanted
+    held_name = d.get("held_out_trials") or ""
+    return selections.pretraining_trials(
+        selections.trials_of_files(sorted(Path(store).glob("sub_*_trial*.h5"))), wanted,
+        selections.union_trials(held_name or None), bool(d.get("allow_held_out", False)),
+        held_out_name=str(held_name))
+
+
+def _order(name: str) -> str:
+    if name not in recipe.DATA_ORDERS:
+        raise TrainingError(f"config.data.order must be one of {recipe.DATA_ORDERS}, got "
+                            f"{name!r}")
+    return "fixed" if name == "upstream" else "shuffle"
+
+
 def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     """The `pretrain` job: PopT pretraining on `config.features_dir` (empty: the built-in
     default inputs, `defaults.prepare_default_inputs`); see the module docstring."""
@@ -418,7 +445,20 @@ def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir = Path(workdir)
     inputs = defaults.prepare_default_inputs(config, workdir)
     data = StoreData(config, inputs.features_dir, PRETRAIN, split_file(config, workdir))
-    return train_and_evaluate(config, workdir, task=PRETRAIN, data=data)
+    results = train_and_evaluate(config, workdir, task=PRETRAIN, data=data)
+    report_pretraining(results)
+    return results
+
+
+def report_pretraining(results: dict[str, Any]) -> None:
+    """The one line a pretraining run ends with: its test accuracies (chance: 0.5)."""
+    test = results.get("test")
+    if not test or jax.process_index() != 0:
+        return
+    line = (f"pretraining test: CLS accuracy {test['cls_accuracy']:.3f}, token accuracy "
+            f"{test['token_accuracy']:.3f} (chance 0.5; best step {results['best_step']})")
+    logging.info("%s", line)
+    print(line, flush=True)
 
 
 def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -439,5 +479,25 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
         return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg)
     popt_cfg, params = load_init(inputs.init_checkpoint)
     popt_cfg = variants.override_position_encoding(popt_cfg, position_encoding)
-    return train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
-                              popt_cfg=popt_cfg)
+    results = train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
+                                 popt_cfg=popt_cfg)
+    if kind == FINETUNE and "test" in results and config.get("linear_baseline", True):
+        add_linear_baseline(results, data, workdir)
+    return results
+
+
+def add_linear_baseline(results: dict[str, Any], data: StoreData, workdir: Path) -> None:
+    """Logistic regression on the stored embeddings, same split, beside PopT's test metrics
+    (`results["linear_baseline"]`, results.json rewritten, one log/print line)."""
+    from popt_jax.ieeg.linear_baseline import linear_baseline
+
+    base = linear_baseline(data.sources["train"], data.sources["test"])
+    results["linear_baseline"] = base
+    loop.write_results(workdir, results)
+    if jax.process_index() == 0:
+        test = results["test"]
+        line = (f"fine-tuning test ROC-AUC: PopT {test['roc_auc']:.3f} | linear baseline "
+                f"(logistic regression on the stored embeddings) {base['roc_auc']:.3f} "
+                f"(n_test {base['n_test']})")
+        logging.info("%s", line)
+        print(line, flush=True)

@@ -125,7 +125,8 @@ def few_shot_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def finetune_sources(config, store: str | os.PathLike, *,
                      selection: Mapping[str, Sequence[str]] | str | None = None,
-                     split_file: str | os.PathLike | None = None) -> dict[str, Any]:
+                     split_file: str | os.PathLike | None = None,
+                     trials: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """{'train', 'val', 'test'}: the fine-tuning sources of `config` over `store`.
 
     One `datasets.FinetuneSource` per subject of `config.data.subject` (concatenated when
@@ -140,7 +141,7 @@ def finetune_sources(config, store: str | os.PathLike, *,
     out = {}
     for name in ("train", "val", "test"):
         parts = [ds.FinetuneSource(store, str(config.task), s, name, selection=selection,
-                                   split_file=split_file, **split)
+                                   split_file=split_file, trials=trials, **split)
                  for s in subjects]
         out[name] = parts[0] if len(parts) == 1 else ConcatSource(parts)
     cap = int(d.get("max_train_examples", 0) or 0)
