@@ -1,7 +1,7 @@
 """Checks of the sEEG jobs' configs and inputs, run by `popt_jax.main` before any work.
 
 * `validate(job, config)`: every field of `extract_features`, `pretrain` and `finetune`
-  configs (and their nested `features` / `pretrain` sections) against its allowed values;
+  configs (and their `default_inputs.extract` / `default_inputs.pretrain` sections) against its allowed values;
   one `ConfigError` line listing each `config.<field>: <problem>`.
 * `run_inputs(job, config, workdir)`: the run's identity (feature store fingerprint,
   checkpoint hashes, data root, electrode selection, split settings) and whether the workdir
@@ -39,7 +39,7 @@ def check_extract(c: Checks) -> None:
 
     c.integer("seed", required=True)
     c.existing_path("data.root", "dir")
-    c.existing_path("data.selection", "file")
+    _selection(c, "data.selection")
     c.existing_path("brainbert_checkpoint", "file")
     if not c.get("data.root", ""):  # the synthetic tree is written from these
         for f in ("n_subjects", "trials_per_subject", "n_shafts"):
@@ -113,7 +113,7 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
     c.rule(buckets is None or (len(buckets) > 0 and all(
         isinstance(b, int) and b > 0 for b in buckets) and list(buckets) == sorted(set(buckets))),
         d + "buckets", f"must be increasing positive token lengths, got {buckets!r}")
-    c.existing_path(d + "selection", "file")
+    _selection(c, d + "selection")
     m = "model."
     for f in ("hidden_dim", "n_heads", "ff_dim", "n_layers", "max_len"):
         c.positive_int(m + f)
@@ -128,14 +128,29 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
         c.rule(isinstance(subject, (int, str)) and str(subject) != "", d + "subject",
                f"must name a subject such as 'sub_1', got {subject!r}")
         c.existing_path("init_checkpoint")
-    if not c.get("features_dir", "") and c.get("features", None) is not None:
-        sub = Checks(c.get("features"), f"{c.prefix}.features")
+    if not c.get("features_dir", "") and c.get("default_inputs.extract", None) is not None:
+        sub = Checks(c.get("default_inputs.extract"), f"{c.prefix}.default_inputs.extract")
         check_extract(sub)
         c.problems += sub.problems
-    if task == "finetune" and not c.get("init_checkpoint", "") and c.get("pretrain", None):
-        sub = Checks(c.get("pretrain"), f"{c.prefix}.pretrain")
+    if (task == "finetune" and not c.get("init_checkpoint", "")
+            and c.get("default_inputs.pretrain", None)):
+        sub = Checks(c.get("default_inputs.pretrain"), f"{c.prefix}.default_inputs.pretrain")
         check_train(sub, "pretrain", store_given=True)
         c.problems += sub.problems
+
+
+def _selection(c: Checks, field: str) -> None:
+    """An electrode selection: a packaged name (`popt_jax.ieeg.selections`) or a JSON file."""
+    from popt_jax.ieeg import selections
+
+    if c.get(field, "") not in selections.PACKAGED:
+        c.existing_path(field, "file")
+
+
+def _selection_fingerprint(spec) -> Any:
+    from popt_jax.ieeg import selections
+
+    return file_fingerprint(selections.resolve(spec)) if spec else None
 
 
 def validate(job: str, config) -> None:
@@ -216,7 +231,7 @@ def extract_identity(config) -> dict[str, Any]:
     ckpt = config.get("brainbert_checkpoint") or ""
     return {
         "data_root": str(Path(root).absolute()) if root else {"synthetic": _cfg(d.synthetic)},
-        "selection": file_fingerprint(d.selection) if d.get("selection") else "default",
+        "selection": _selection_fingerprint(d.get("selection")) or "default",
         "subjects": list(d.get("subjects") or []),
         "brainbert": (file_fingerprint(ckpt) if ckpt else
                       {"random": _cfg(config.get("brainbert")), "seed": config.get("seed")}),
@@ -235,8 +250,9 @@ def run_inputs(job: str, config, workdir: str | Path) -> tuple[dict[str, Any], b
         subjects = [d.subject] if job == "finetune" else list(d.get("subjects") or [])
         identity["features"] = store_fingerprint(config.features_dir, subjects or None)
     else:
-        identity["features"] = {"extracted_in_workdir": extract_identity(config.features)}
-    identity["selection"] = file_fingerprint(d.selection) if d.get("selection") else "all"
+        identity["features"] = {"extracted_in_workdir": extract_identity(
+            config.default_inputs.extract)}
+    identity["selection"] = _selection_fingerprint(d.get("selection")) or "all"
     identity["split"] = {k: d.get(k) for k in ("split", "val_fraction", "test_fraction",
                                                 "time_blocks")}
     if job == "pretrain":

@@ -166,8 +166,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
         return tx
 
     def zero_body():
-        return optax.multi_transform({"head": optax.identity(), "body": optax.set_to_zero()},
-                                     _labels)
+        return optax.multi_transform({"head": optax.identity(), "body": optax.set_to_zero(),
+                                      "unused": optax.set_to_zero()}, _labels)
 
     return optax.chain(zero_body(), tx, zero_body())
 
