@@ -615,7 +615,8 @@ def test_command_line(tiny_finetune):
     proc = subprocess.run(cmd + ["--config.features_dir=/no/such/store"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: feature store not found: /no/such/store"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config.features_dir: /no/such/store: No such file or directory")
 
 
 def _planted_store(base, plant):
