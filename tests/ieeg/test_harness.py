@@ -21,7 +21,7 @@ import pytest
 from popt_jax.ieeg import baselines as bl
 from popt_jax.ieeg import harness
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "harness.py"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "harness.py"
 
 REMOVED = "sub_2/volume/random_init/seed0/time_blocked"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_brain_encoder.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_brain_encoder.py"
 
 
 def test_tiny_benchmark_prints_ratios(capsys):

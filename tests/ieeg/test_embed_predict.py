@@ -29,7 +29,7 @@ from popt_jax.ieeg.popt import PopTClassifier, PopTConfig
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 from popt_jax.main import run_job
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(name: str, tmp: Path, **data):

@@ -20,7 +20,7 @@ from popt_jax.ieeg import preprocess as pp
 from popt_jax.ieeg.braintreebank import Words
 from popt_jax.ieeg.popt import INDEX, SPATIAL, PopT, PopTClassifier, PopTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _finetune_config():

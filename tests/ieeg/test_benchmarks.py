@@ -19,7 +19,7 @@ from flax import nnx
 
 from popt_jax.ieeg import brainbert, datasets, extract, layers
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def _run_script(name: str, capsys, *args: str) -> str:

@@ -19,7 +19,7 @@ from popt_jax.errors import TrainingError
 from popt_jax.ieeg import neuroprobe as NP
 from popt_jax.ieeg.neuroprobe_synthetic import write_neuroprobe_synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SESSION = "btbank1_1"
 
 

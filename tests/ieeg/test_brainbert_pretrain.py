@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch_reference as R  # noqa: E402
 import torch_reference_brainbert_pretrain as RB  # noqa: E402
 
@@ -33,7 +33,7 @@ from popt_jax.ieeg import convert, masking  # noqa: E402
 from popt_jax.ieeg.braintreebank import load_selection  # noqa: E402
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T, F = 186, 40
 
 

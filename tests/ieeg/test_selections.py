@@ -20,7 +20,7 @@ from popt_jax.ieeg.objectives import PRETRAIN
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 from popt_jax.ieeg.train import StoreData
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _script():

@@ -38,7 +38,7 @@ def test_default_run_beats_ridge_and_attends_to_the_places(tmp_path):
 
     from popt_jax.fmri import train as BT
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                         "configs", "brain_encoder.py")
     spec = importlib.util.spec_from_file_location("brain_encoder_config", path)
     module = importlib.util.module_from_spec(spec)

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch_reference as R  # noqa: E402
 
 from popt_jax.core import mesh as mesh_lib  # noqa: E402
