@@ -79,6 +79,21 @@ class Schedule:
                    eval_schedule=str(config.get("eval_schedule", "every")))
 
 
+class Mean:
+    """Running means of a step's scalar outputs (a dict), mergeable like a clu collection, for
+    steps that return plain dicts of device scalars rather than clu metrics."""
+
+    def __init__(self, values: dict[str, Any], count: int = 1):
+        self.sums, self.count = dict(values), count
+
+    def merge(self, other: "Mean") -> "Mean":
+        return Mean({k: v + other.sums[k] for k, v in self.sums.items()},
+                    self.count + other.count)
+
+    def compute(self) -> dict[str, float]:
+        return {k: float(v) / self.count for k, v in self.sums.items()}
+
+
 @dataclasses.dataclass
 class RunState:
     """The replicated training state and where the run stands (mutated by `run_steps`)."""
@@ -134,7 +149,7 @@ def run_steps(state: RunState, schedule: Schedule, *, train_iter: Iterator,
       schedule: totals and intervals.
       train_iter: yields this process's rows of each batch; checkpointed with the model.
       step_fn: (params, opt_state, batch, key) -> (params, opt_state, metrics, aux):
-        `metrics` a clu metric collection (merged until the next log line), `aux` a dict of
+        `metrics` a clu metric collection or a `Mean` (merged until the next log line), `aux` a dict of
         device scalars logged with them (read only on log steps, so no per-step sync).
       validate: params -> validation metrics (with "loss"); every `eval_every` steps, then a
         checkpoint carrying them (the best checkpoint is chosen by them).

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,8 +45,8 @@ import optax
 from absl import logging
 from flax import nnx
 
+from popt_jax.core import loop, steps
 from popt_jax.core import mesh as mesh_lib
-from popt_jax.core import steps
 from popt_jax.core.checkpoints import Checkpoints, quiet_orbax_logs
 from popt_jax.core.jsonio import atomic_json
 from popt_jax.core.logs import Logs
@@ -405,68 +404,42 @@ def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
             "model": dataclasses.asdict(model_cfg)}
     ckpts = Checkpoints(workdir / "checkpoints", meta, keep=int(config.keep_checkpoints),
                         best_metric="loss", best_mode="min")
-    base_key = jax.random.key(int(config.seed), impl=str(config.rng_impl))
     eval_key = jax.random.key(int(config.seed) + 1)
-    batch_size = int(config.batch_size)
-    eval_bs = int(config.eval_batch_size or batch_size)
-    local_bs = mesh_lib.local_batch_size(batch_size, mesh)
+    eval_bs = int(config.eval_batch_size or config.batch_size)
+    local_bs = mesh_lib.local_batch_size(int(config.batch_size), mesh)
     if len(sources["train"]) < local_bs:
         raise TrainingError(f"the training split has {len(sources['train'])} spectrograms, "
                             f"fewer than one batch of {local_bs}; lower config.batch_size")
     train_iter = iter(bd.train_dataset(sources["train"], local_bs, int(config.seed),
                                        read_threads=int(d.read_threads)))
-    step = 0
-    latest = ckpts.latest_step()
-    if latest is not None:
-        restored = ckpts.restore(latest, params, opt_state, train_iter)
-        params, opt_state = restored["params"], restored["opt_state"]
-        step = int(restored["progress"]["step"])
-        logging.info("resumed from %s at step %d", ckpts.directory / str(latest), step)
-
-    total = int(config.total_steps)
-    eval_every = int(config.eval_every) or total
-    log_every = max(1, int(config.log_every))
-    logs = Logs(workdir, total, step)
-    acc: dict[str, float] = {}
-    n_acc = 0
+    state = loop.restore_or_init(ckpts, params, opt_state, train_iter, seed=int(config.seed),
+                                 rng_impl=str(config.rng_impl))
+    schedule = loop.Schedule.from_config(config)
+    logs = Logs(workdir, schedule.total, state.step)
     history = []
-    t_start = time.perf_counter()
+
+    def step_fn(p, o, batch, key):
+        spec = mesh_lib.to_global({"spec": batch["spec"]}, mesh, keys=None)["spec"]
+        p, o, m = train_step(p, o, spec, key)
+        return p, o, loop.Mean(m), {}
 
     def validate(p, split_name):
         return evaluate(eval_step, p, bd.eval_batches(sources[split_name], eval_bs), eval_key,
                         mesh, alpha, keep_first=split_name == "val")
 
+    def validate_and_log(p):
+        values, _ = validate(p, "val")
+        history.append({"step": state.step, **values})
+        logging.info("masked-cell L1: model %.4f, predict-zero %.4f, copy-nearest-frame %.4f",
+                     values["l1"], values["zero_l1"], values["copy_l1"])
+        return values
+
     try:
-        while step < total:
-            batch = next(train_iter)
-            spec = mesh_lib.to_global({"spec": batch["spec"]}, mesh, keys=None)["spec"]
-            params, opt_state, m = train_step(params, opt_state, spec,
-                                              steps.step_key(base_key, step))
-            step += 1
-            for k, v in m.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
-            n_acc += 1
-            if step % log_every == 0 or step == total:
-                values = {k: v / n_acc for k, v in acc.items()}
-                if not all(np.isfinite(v) for v in values.values()):
-                    raise TrainingError(f"non-finite training loss at step {step} ({values}); "
-                                        f"last checkpoint: {ckpts.latest_step()}")
-                logs.progress(step, values)
-                logs.write(step, "train", values)
-                acc, n_acc = {}, 0
-            if step % eval_every == 0 or step == total:
-                values, _ = validate(params, "val")
-                history.append({"step": step, **values})
-                logging.info(
-                    "step %d valid loss %.4f | masked-cell L1: model %.4f, predict-zero %.4f, "
-                    "copy-nearest-frame %.4f", step, values["loss"], values["l1"],
-                    values["zero_l1"], values["copy_l1"])
-                logs.write(step, "valid", values)
-                ckpts.save(step, params, opt_state, {"step": step}, train_iter, metrics=values)
-        train_seconds = time.perf_counter() - t_start
-        ckpts.wait()
-        best = ckpts.best_step()
-        best_params = ckpts.restore(best, params)["params"] if best != step else params
+        if loop.run_steps(state, schedule, train_iter=train_iter, ckpts=ckpts, logs=logs,
+                          step_fn=step_fn, validate=validate_and_log):
+            return {"stopped_at": state.step}
+        best, best_params = loop.best_params(ckpts, state)
+        step, train_seconds = state.step, state.train_seconds
         val, first = validate(best_params, "val")
         test, _ = validate(best_params, "test")
         logs.write(step, "test", test)
