@@ -364,7 +364,6 @@ def _plot(first: dict[str, np.ndarray], path: Path) -> None:
 
 def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
     """The `pretrain_brainbert` job (see module docstring); returns `results.json`'s content."""
-    from popt_jax.ieeg import convert
     from popt_jax.ieeg.extract import preprocess_config_from
 
     workdir = Path(workdir)
@@ -439,27 +438,34 @@ def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
                           step_fn=step_fn, validate=validate_and_log):
             return {"stopped_at": state.step}
         best, best_params = loop.best_params(ckpts, state)
-        step, train_seconds = state.step, state.train_seconds
         val, first = validate(best_params, "val")
         test, _ = validate(best_params, "test")
-        logs.write(step, "test", test)
+        logs.write(state.step, "test", test)
         logging.info("test (best step %s): masked-cell L1 model %.4f, predict-zero %.4f, "
                      "copy-nearest-frame %.4f", best, test["l1"], test["zero_l1"],
                      test["copy_l1"])
-        results = {"best_step": best, "best_valid": val, "test": test, "steps": step,
-                   "train_seconds": round(train_seconds, 3), "history": history,
+        results = {"best_step": best, "best_valid": val, "test": test, "steps": state.step,
+                   "train_seconds": round(state.train_seconds, 3), "history": history,
                    "store": str(store), "splits": {k: len(v) for k, v in sources.items()},
                    "model": dataclasses.asdict(model_cfg), "mask": dataclasses.asdict(mask_cfg),
                    "workdir": str(workdir.absolute()), "config": config.to_dict()}
-        if jax.process_index() == 0:
-            best_model = nnx.merge(parts.graphdef, jax.device_get(best_params), parts.rngs,
-                                   parts.consts)
-            export = workdir / "brainbert_best" / "model.safetensors"
-            convert.export_safetensors(best_model, str(export))
-            results["export"] = str(export)
-            _plot(first, workdir / "reconstruction.png")
-            atomic_json(workdir / "results.json", results)
+        _export(workdir, parts, best_params, first, results)
         return results
     finally:
         ckpts.close()
         logs.close()
+
+
+def _export(workdir: Path, parts: steps.ModelParts, best_params, first, results: dict) -> None:
+    """Process 0: the best weights in upstream layout (`brainbert_best/`), the reconstruction
+    PNG and `results.json` (with the export's path)."""
+    from popt_jax.ieeg import convert
+
+    if jax.process_index() != 0:
+        return
+    best_model = nnx.merge(parts.graphdef, jax.device_get(best_params), parts.rngs, parts.consts)
+    export = workdir / "brainbert_best" / "model.safetensors"
+    convert.export_safetensors(best_model, str(export))
+    results["export"] = str(export)
+    _plot(first, workdir / "reconstruction.png")
+    atomic_json(workdir / "results.json", results)
