@@ -301,7 +301,6 @@ def test_store_bad_input_and_resume(tree, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    sys.path.insert(0, os.path.join(REPO, "configs"))
     from popt_jax.core.config_lib import load_sibling_config
 
     config = load_sibling_config(os.path.join(REPO, "configs", "x.py"),
