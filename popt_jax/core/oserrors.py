@@ -13,7 +13,8 @@ import os
 import re
 
 _ERRNO_PATTERNS = (re.compile(r"errno\s*=\s*(\d+)"), re.compile(r"\[Errno (\d+)\]"),
-                   re.compile(r"OS error (?:code )?(\d+)"), re.compile(r"error code: (\d+)"))
+                   re.compile(r"OS error (?:code )?(\d+)"), re.compile(r"error code: (\d+)"),
+                   re.compile(r"os_error_code='?(\d+)"))  # tensorstore's status payload
 _NAME_PATTERNS = (re.compile(r"\bname = '([^']*)'"), re.compile(r"filename = '([^']*)'"),
                   re.compile(r'local file "([^"]*)"'), re.compile(r"'(/[^']*)'"))
 _MESSAGES = {errno_lib.ENOSPC: "No space left on device", errno_lib.EROFS:
