@@ -99,37 +99,8 @@ def copy_nearest_prediction(masked, time_covered):
 # --------------------------------------------------------------------------------------------
 
 
-def _qkv_group(path) -> tuple[str, ...]:
-    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-    return tuple("qkv" if n in ("query", "key", "value") else n for n in names)
-
-
-def scale_by_packed_trust_ratio(clamp_value: float = 10.0) -> optax.GradientTransformation:
-    """LAMB's per-tensor trust ratio with q, k, v of each attention layer as ONE tensor.
-
-    PyTorch packs them into `in_proj_weight` [3d, d] / `in_proj_bias`, so torch_optimizer's
-    Lamb takes ||w|| and ||update|| over the three together; popt_jax keeps them as separate
-    Linear layers. Grouping them here makes the update equal to upstream's (the per-tensor
-    `optim.lamb` rule would differ by ~1e-5 per step on those weights).
-    """
-
-    def update(updates, state, params):
-        flat_u, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        flat_p = jax.tree.leaves(params)
-        groups: dict[tuple, list[int]] = {}
-        for i, (path, _) in enumerate(flat_u):
-            groups.setdefault(_qkv_group(path), []).append(i)
-        out = [None] * len(flat_u)
-        for idx in groups.values():
-            w = jnp.sqrt(sum(jnp.sum(jnp.square(flat_p[i].astype(jnp.float32))) for i in idx))
-            u = jnp.sqrt(sum(jnp.sum(jnp.square(flat_u[i][1])) for i in idx))
-            w = jnp.minimum(w, clamp_value)
-            trust = jnp.where((w > 0) & (u > 0), w / jnp.where(u > 0, u, 1.0), 1.0)
-            for i in idx:
-                out[i] = flat_u[i][1] * trust
-        return jax.tree.unflatten(treedef, out), state
-
-    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+def _leaf(path) -> str:
+    return jax.tree_util.keystr(path)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -137,19 +108,18 @@ def make_optimizer(config) -> optax.GradientTransformation:
     with the ramp_up schedule; `optimizer: adamw` falls back to `optim.make_optimizer`.
 
     Config fields: optimizer, lr, total_steps, warmup, gamma, grad_clip, weight_decay,
-    lamb_clamp_value, lamb_packed_qkv (False = per-tensor `optim.lamb`).
+    lamb_clamp_value, lamb_packed_qkv (False = trust ratio per JAX leaf).
     """
-    if str(config.optimizer).lower() != "lamb" or not config.get("lamb_packed_qkv", True):
+    if str(config.optimizer).lower() != "lamb":
         return optim.make_optimizer(config)
     schedule = optim.ramp_up_schedule(float(config.lr), int(config.total_steps),
                                       float(config.warmup), float(config.gamma))
-    parts = [optim.scale_by_lamb_moments()]
-    if float(config.get("weight_decay", 0.0)):
-        parts.append(optax.add_decayed_weights(float(config.weight_decay)))
-    parts += [scale_by_packed_trust_ratio(float(config.get("lamb_clamp_value", 10.0))),
-              optax.scale_by_learning_rate(schedule)]
+    # Trust ratios per torch tensor (packed q/k/v, `optim.torch_tensor_of`) or per leaf.
+    tensor_of = optim.torch_tensor_of if config.get("lamb_packed_qkv", True) else _leaf
+    tx = optim.lamb(schedule, weight_decay=float(config.get("weight_decay", 0.0)),
+                    clamp_value=float(config.get("lamb_clamp_value", 10.0)), tensor_of=tensor_of)
     clip = float(config.get("grad_clip", 0.0))
-    return optax.chain(*([optax.clip_by_global_norm(clip)] if clip > 0 else []), *parts)
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
 
 
 # --------------------------------------------------------------------------------------------

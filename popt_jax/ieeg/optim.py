@@ -137,7 +137,7 @@ def scale_by_clamped_trust_ratio(clamp_value: float = 10.0,
 
 def lamb(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
          eps: float = 1e-6, weight_decay: float = 0.0, clamp_value: float = 10.0,
-         debias: bool = False) -> optax.GradientTransformation:
+         debias: bool = False, tensor_of=torch_tensor_of) -> optax.GradientTransformation:
     """LAMB as `torch_optimizer.Lamb` (upstream's pretraining optimiser), defaults included.
 
     Differs from `optax.lamb` in two ways that change the steps: no bias correction by
@@ -148,7 +148,8 @@ def lamb(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9
     parts = [scale_by_lamb_moments(b1, b2, eps, debias)]
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay))
-    parts += [scale_by_clamped_trust_ratio(clamp_value), optax.scale_by_learning_rate(learning_rate)]
+    parts += [scale_by_clamped_trust_ratio(clamp_value, tensor_of),
+              optax.scale_by_learning_rate(learning_rate)]
     return optax.chain(*parts)
 
 
