@@ -31,6 +31,7 @@ flags.DEFINE_string("workdir", None, "Output directory (default: the config's `w
 JOB_NAMES = ("extract_features", "pretrain", "finetune", "brain_encoder", "neuroprobe",
              "extract_recordings", "embed", "predict", "pretrain_brainbert",
              "brain_encoder_ensemble", "predict_images", "harness")
+FMRI_JOBS = ("brain_encoder", "brain_encoder_ensemble", "predict_images")
 
 
 def run_job(job: str, config, workdir: str):
@@ -83,24 +84,41 @@ def run_job(job: str, config, workdir: str):
 def preflight(job: str, config, workdir: str, *, check_inputs: bool) -> None:
     """Validates `config` (always) and checks/records the run's inputs (`check_inputs`).
 
-    Jobs without a validator here run unchecked; a new job adds its family's entry.
+    Every job has its validator in its family's `validate` module (`JOBS`); the jobs that
+    resume from checkpoints or read a feature store also record their inputs
+    (`IDENTITY_JOBS`) in `{workdir}/run_identity.json`.
     """
-    if job in ("extract_features", "pretrain", "finetune"):
-        from popt_jax.ieeg import validate as family
-    elif job == "brain_encoder":
+    if job in FMRI_JOBS:
         from popt_jax.fmri import validate as family
     else:
-        return
+        from popt_jax.ieeg import validate as family
+    if job not in family.JOBS:  # a job added to JOB_NAMES without its checks
+        raise UserError(f"config.job: {job!r} has no config checks (popt_jax.*.validate.JOBS)")
     if not check_inputs:
         family.validate(job, config)
         return
-    identity, resuming = family.run_inputs(job, config, workdir)
-    run_identity.check_or_record(workdir, identity, resuming=resuming)
+    if job in family.IDENTITY_JOBS:
+        identity, resuming = family.run_inputs(job, config, workdir)
+        run_identity.check_or_record(workdir, identity, resuming=resuming)
 
 
 def _fail(message) -> None:
+    """Prints the one `error:` line and ends the process with exit code 2, at once.
+
+    `os._exit`, not `sys.exit`: after a failed asynchronous checkpoint write, Orbax's and
+    tensorstore's background threads still hold pending writes; a normal interpreter
+    shutdown would wait on them (a hang of up to the async timeout) and let their
+    finalisers print tracebacks after our line. Every output is written to a temporary
+    name and renamed when complete, so nothing half-written can look finished, and the
+    workdir lock is an `flock` the kernel releases with the process.
+    """
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(2)
 
 
 def main(argv) -> None:

@@ -70,10 +70,41 @@ def check_brain_encoder(c: Checks) -> None:
     c.non_negative_int("eval.n_attention_images")
 
 
+def check_ensemble(c: Checks) -> None:
+    """Fields of `configs/brain_encoder_ensemble.py`."""
+    runs = c.get("runs", "")
+    names = [r.strip() for r in runs.split(",") if r.strip()] if isinstance(runs, str) else None
+    c.rule(bool(names), "runs", "must list finished brain_encoder workdirs, comma-separated, "
+           f"got {runs!r}")
+    for i, run in enumerate(names or ()):
+        if not Path(run).is_dir():
+            c.fail("runs", f"{run}: No such directory" + (f" (entry {i + 1})" if i else ""))
+    c.non_negative("beta")
+
+
+def check_predict_images(c: Checks) -> None:
+    """Fields of `configs/predict_images.py`."""
+    for field in ("run", "images"):
+        c.rule(bool(c.get(field, "")), field, "is required")
+        c.existing_path(field, "dir")
+    rois = c.get("rois", "")
+    c.rule(isinstance(rois, str) and any(r.strip() for r in rois.split(",")), "rois",
+           f"must name ROIs, comma-separated (e.g. 'V1v,FFA-1'), got {rois!r}")
+    c.choice("hemi", ("lh", "rh"))
+    c.positive_int("top_k")
+    c.non_negative_int("n_attention_images")
+    c.positive_int("batch_size")
+
+
+JOBS = ("brain_encoder", "brain_encoder_ensemble", "predict_images")
+IDENTITY_JOBS = ("brain_encoder",)
+
+
 def validate(job: str, config) -> None:
-    """Raises one `ConfigError` naming every invalid field of the brain-encoder config."""
+    """Raises one `ConfigError` naming every invalid field of an fMRI job's config."""
     c = Checks(config)
-    check_brain_encoder(c)
+    {"brain_encoder": check_brain_encoder, "brain_encoder_ensemble": check_ensemble,
+     "predict_images": check_predict_images}[job](c)
     c.done()
 
 

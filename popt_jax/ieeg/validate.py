@@ -139,6 +139,199 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
         c.problems += sub.problems
 
 
+def check_brainbert_pretrain(c: Checks) -> None:
+    """Fields of `configs/pretrain_brainbert.py`."""
+    from popt_jax.ieeg.masking import LOSS_MASKS
+
+    c.integer("seed", required=True)
+    d = "data."
+    c.existing_path(d + "root", "dir")
+    if c.get(d + "selection", ""):
+        _selection(c, d + "selection")
+    if c.get(d + "trials", ""):
+        _selection(c, d + "trials")
+    c.existing_path(d + "store", "file")
+    c.choice(d + "store_dtype", ("float32", "float16"))
+    c.integer(d + "max_windows", min_value=1, allow=(-1,))
+    c.fraction(d + "val_fraction")
+    c.fraction(d + "test_fraction")
+    _fractions_below_one(c, d + "val_fraction", d + "test_fraction")
+    c.positive_int(d + "read_threads")
+    if not c.get(d + "root", ""):
+        for f in ("n_subjects", "trials_per_subject", "n_shafts"):
+            c.positive_int(f"{d}synthetic.{f}")
+        c.positive(d + "synthetic.duration_s")
+    m = "mask."
+    for f in ("time_p", "freq_p"):
+        c.fraction(m + f, open_low=False)
+    for lo, hi in (("time_min", "time_max"), ("freq_min", "freq_max")):
+        c.positive_int(m + lo)
+        c.positive_int(m + hi)
+        a, b = c.get(m + lo, 1), c.get(m + hi, 1)
+        c.rule(not all(isinstance(x, int) for x in (a, b)) or a <= b, m + hi,
+               f"must be >= {c.prefix}.{m}{lo} ({a}), got {b}")
+    c.fraction(m + "keep_p", open_low=False, open_high=False)
+    c.fraction(m + "replace_p", open_low=False, open_high=False)
+    kp, rp = c.get(m + "keep_p", 0), c.get(m + "replace_p", 0)
+    c.rule(not all(isinstance(x, (int, float)) for x in (kp, rp)) or kp + rp <= 1,
+           m + "replace_p", f"keep_p + replace_p must be <= 1, got {kp} + {rp}")
+    c.choice(m + "loss_mask", LOSS_MASKS)
+    c.non_negative("alpha")
+    for f in ("input_dim", "hidden_dim", "n_heads", "ff_dim", "n_layers"):
+        c.positive_int("model." + f)
+    c.divisible("model.hidden_dim", "model.n_heads")
+    c.fraction("model.dropout", open_low=False)
+    _optimiser(c)
+
+
+def check_neuroprobe(c: Checks) -> None:
+    """Fields of `configs/neuroprobe.py`."""
+    from popt_jax.ieeg.neuroprobe import MODELS, SPLITS
+    from popt_jax.ieeg.neuroprobe import TASKS as NP_TASKS
+
+    c.integer("seed", required=True)
+    c.existing_path("root", "dir")
+    if not c.get("root", ""):
+        c.positive("synthetic_seconds")
+    c.choice("subset", ("lite", "nano"))
+    c.choice("split", ("all", *SPLITS))
+    c.subset("tasks", NP_TASKS)
+    c.choice("model", MODELS)
+    c.choice("context", ("none",))
+    for f in ("brainbert_checkpoint", "popt_checkpoint", "publication_bib"):
+        c.existing_path(f, "file" if f == "publication_bib" else "any")
+    c.positive_int("chunk")
+    c.positive_int("stft.nperseg")
+    c.fraction("stft.overlap", open_low=False)
+    c.non_negative("stft.min_freq")
+    c.positive("stft.max_freq")
+    lo, hi = c.get("stft.min_freq", 0), c.get("stft.max_freq", 1)
+    c.rule(not all(isinstance(x, (int, float)) for x in (lo, hi)) or lo < hi,
+           "stft.max_freq", f"must be > stft.min_freq ({lo}), got {hi}")
+    for f in ("hidden_dim", "n_heads", "ff_dim", "n_layers"):
+        c.positive_int("random_brainbert." + f)
+    c.divisible("random_brainbert.hidden_dim", "random_brainbert.n_heads")
+    author = c.get("author", "First Last")
+    c.rule(isinstance(author, str) and len(author.split()) >= 2, "author",
+           f"must be 'First Last', got {author!r}")
+    c.non_negative_int("timestamp")
+
+
+def check_recording_job(c: Checks, job: str) -> None:
+    """Fields of `configs/{extract_recordings,embed,predict}.py` (own recordings)."""
+    c.integer("seed", required=True)
+    fmt = c.get("data.format", "bids")
+    c.choice("data.format", ("bids", "nwb"))
+    if fmt == "bids":
+        c.rule(bool(c.get("data.root", "")), "data.root", "is required for BIDS input")
+        c.existing_path("data.root", "dir")
+    elif fmt == "nwb":
+        c.rule(bool(c.get("data.path", "")), "data.path", "is required for NWB input")
+        c.existing_path("data.path", "file")
+        c.choice("data.coord_units", ("", "m", "cm", "mm"))
+    p = "preprocess."
+    c.positive(p + "fs")
+    c.positive(p + "notch_q")
+    c.positive(p + "window_s")
+    c.positive(p + "separation_s")
+    c.choice(p + "on_missing_neighbours", ("error", "skip"))
+    c.choice(p + "neighbour_filtering", ("upstream", "time"))
+    f = "frontend."
+    c.choice(f + "rereference", ("laplacian", "bipolar", "car", "none"))
+    c.integer(f + "notch_harmonics", min_value=1, allow=(-1,))
+    c.choice(f + "on_missing_coords", ("drop", "error"))
+    c.non_negative(f + "margin_s")
+    c.positive(f + "coords.scale")
+    c.choice(f + "coords.axes", ("lip", "ras"))
+    c.positive_int(f + "coords.max_len")
+    c.existing_path("brainbert_checkpoint", "any")
+    for name in ("hidden_dim", "n_heads", "ff_dim", "n_layers"):
+        c.positive_int("brainbert." + name)
+    c.divisible("brainbert.hidden_dim", "brainbert.n_heads")
+    c.choice("compute_dtype", ("float32", "bfloat16"))
+    for name in ("batch_windows", "block_windows"):
+        c.positive_int(name)
+    c.positive("hop_s")
+    c.integer("max_windows", min_value=1, allow=(-1,))
+    c.non_negative("progress_every_s")
+    if job == "embed":
+        c.existing_path("popt_checkpoint", "any")
+        for name in ("hidden_dim", "n_heads", "ff_dim", "n_layers"):
+            c.positive_int("popt." + name)
+        c.divisible("popt.hidden_dim", "popt.n_heads")
+        c.choice("popt.position_code", ("table", "continuous"))
+    elif job == "predict":
+        ckpt = c.get("model_checkpoint", "")
+        c.rule(bool(ckpt), "model_checkpoint",
+               "is required: a fine-tuning workdir or a fine-tuned checkpoint")
+        c.existing_path("model_checkpoint", "any")
+        c.fraction("threshold")
+    else:  # extract_recordings
+        from popt_jax.ieeg.feature_store import DEFAULT_TASKS
+
+        c.non_negative_int("store_subject")
+        c.subset("tasks", DEFAULT_TASKS)
+        c.choice("storage_dtype", ("float32", "float16"))
+
+
+def check_harness(c: Checks) -> None:
+    """Fields of `configs/harness.py`: the grid, and the three job sections it runs."""
+    from popt_jax.ieeg import baselines
+    from popt_jax.ieeg.harness import VARIANTS
+
+    c.existing_path("features_dir", "dir")
+    c.existing_path("data_root", "dir")
+    c.existing_path("init_checkpoint", "any")
+    c.existing_path("init_checkpoint_index", "any")
+    subjects = c.get("subjects", ())
+    c.rule(isinstance(subjects, (list, tuple)) and len(subjects) > 0 and all(
+        isinstance(x, (str, int)) and str(x) for x in subjects), "subjects",
+        f"must be a non-empty list of subjects such as 'sub_1', got {subjects!r}")
+    c.subset("tasks", (*TASKS, "pos", "rms_reg"))
+    c.subset("variants", VARIANTS)
+    c.subset("splits", ("random", "time_blocked"))
+    c.subset("baselines", baselines.BASELINES, non_empty=False)
+    seeds = c.get("seeds", ())
+    c.rule(isinstance(seeds, (list, tuple)) and len(seeds) > 0 and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in seeds), "seeds",
+        f"must be a non-empty list of integers, got {seeds!r}")
+    c.positive_int("few_shot_examples")
+    for name, check in (("features", check_extract), ("pretrain", None),
+                        ("finetune", None)):
+        section = c.get(name, None)
+        if section is None:
+            continue
+        sub = Checks(section, f"{c.prefix}.{name}")
+        if check is not None:
+            check(sub)
+        else:
+            check_train(sub, name, store_given=True)
+        c.problems += sub.problems
+
+
+def _optimiser(c: Checks) -> None:
+    """Optimiser and loop fields shared by the training jobs."""
+    for f in ("total_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
+              "keep_checkpoints"):
+        c.positive_int(f, required=f in ("total_steps", "batch_size"))
+    c.non_negative_int("num_devices")
+    c.positive("lr")
+    c.non_negative("weight_decay")
+    c.non_negative("grad_clip")
+    c.fraction("warmup", open_low=False)
+    c.fraction("gamma", open_high=False)
+    c.positive("lamb_clamp_value")
+    c.choice("optimizer", ("lamb", "adamw"))
+    c.choice("compute_dtype", ("float32", "bfloat16"))
+    c.choice("rng_impl", ("rbg", "unsafe_rbg", "threefry2x32"))
+
+
+def _fractions_below_one(c: Checks, a: str, b: str) -> None:
+    va, vb = c.get(a, 0), c.get(b, 0)
+    c.rule(not all(isinstance(x, (int, float)) for x in (va, vb)) or va + vb < 1, b,
+           f"{a.rsplit('.', 1)[-1]} + {b.rsplit('.', 1)[-1]} must be < 1, got {va} + {vb}")
+
+
 def _selection(c: Checks, field: str) -> None:
     """An electrode selection: a packaged name (`popt_jax.ieeg.selections`) or a JSON file."""
     from popt_jax.ieeg import selections
@@ -153,13 +346,25 @@ def _selection_fingerprint(spec) -> Any:
     return file_fingerprint(selections.resolve(spec)) if spec else None
 
 
+JOBS = ("extract_features", "pretrain", "finetune", "pretrain_brainbert", "neuroprobe",
+        "extract_recordings", "embed", "predict", "harness")
+
+
 def validate(job: str, config) -> None:
     """Raises one `ConfigError` naming every invalid field of an sEEG job's config."""
     c = Checks(config)
     if job == "extract_features":
         check_extract(c)
-    else:
+    elif job in ("pretrain", "finetune"):
         check_train(c, job)
+    elif job == "pretrain_brainbert":
+        check_brainbert_pretrain(c)
+    elif job == "neuroprobe":
+        check_neuroprobe(c)
+    elif job == "harness":
+        check_harness(c)
+    else:
+        check_recording_job(c, job)
     c.done()
 
 
@@ -238,9 +443,27 @@ def extract_identity(config) -> dict[str, Any]:
     }
 
 
+IDENTITY_JOBS = ("extract_features", "pretrain", "finetune", "pretrain_brainbert")
+
+
 def run_inputs(job: str, config, workdir: str | Path) -> tuple[dict[str, Any], bool]:
     """(identity, resuming) of an sEEG job in `workdir` (see the module docstring)."""
     workdir = Path(workdir)
+    if job == "pretrain_brainbert":
+        d = config.data
+        root = d.get("root") or ""
+        store = d.get("store") or ""
+        identity = {
+            "job": job, "seed": config.get("seed"),
+            "data_root": str(Path(root).absolute()) if root else {"synthetic": _cfg(
+                d.synthetic)},
+            "selection": _selection_fingerprint(d.get("selection")) or "default",
+            "trials": _selection_fingerprint(d.get("trials")) or "all",
+            "store": file_fingerprint(store) if store else "built in {workdir}",
+            "preprocess": _cfg(config.get("preprocess")),
+            "model": _cfg(config.get("model")),
+        }
+        return identity, has_checkpoints(workdir / "checkpoints")
     if job == "extract_features":
         identity = {"job": job, **extract_identity(config)}
         return identity, any((workdir / "features").glob("*.h5"))

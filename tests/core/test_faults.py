@@ -113,9 +113,6 @@ def test_read_only_workdir(store, tmp_path):
                          "Read-only file system")
 
 
-# Timing-dependent (where the read-only remount meets Orbax's async writers decides whether a
-# tensorstore task traceback reaches stderr); flaky on the 2-core machine, so not by default.
-@pytest.mark.slow
 def test_read_only_mid_run_then_kill_during_a_checkpoint_then_resume(store, tmp_path):
     """Run 1 loses its workdir's write access mid-run; run 2 resumes and is killed -9 while
     writing a checkpoint; run 3 resumes from the last finished one (the dead run's lock file

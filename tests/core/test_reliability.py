@@ -101,37 +101,109 @@ def test_bad_config_is_one_line_and_touches_nothing(args, needles, tmp_path, pre
     ("brain_encoder", None, {"model.readout": "rois"}, "config.model.readout"),
     ("brain_encoder", None, {"train.val_fraction": 1.0}, "config.train.val_fraction"),
     ("brain_encoder", None, {"data.root": "/no/such/root"}, "config.data.root"),
+    ("pretrain_brainbert", "tiny", {"batch_size": 0}, "config.batch_size"),
+    ("pretrain_brainbert", "tiny", {"mask.loss_mask": "fixed"}, "config.mask.loss_mask"),
+    ("pretrain_brainbert", "tiny", {"mask.time_min": 6}, "config.mask.time_max"),
+    ("pretrain_brainbert", "tiny", {"mask.keep_p": 0.6, "mask.replace_p": 0.6},
+     "config.mask.replace_p"),
+    ("pretrain_brainbert", None, {"data.trials": "/no/such/trials.json"}, "config.data.trials"),
+    ("pretrain_brainbert", None, {"model.hidden_dim": 63}, "config.model.hidden_dim"),
+    ("neuroprobe", "tiny", {"subset": "full"}, "config.subset"),
+    ("neuroprobe", "tiny", {"split": "cross_time"}, "config.split"),
+    ("neuroprobe", "tiny", {"tasks": ("onset", "loudness")}, "config.tasks"),
+    ("neuroprobe", None, {"model": "svm"}, "config.model"),
+    ("neuroprobe", None, {"author": "Anonymous"}, "config.author"),
+    ("neuroprobe", None, {"stft.min_freq": 200.0}, "config.stft.max_freq"),
+    ("harness", "tiny", {"variants": ("popt", "bogus")}, "config.variants"),
+    ("harness", "tiny", {"seeds": ()}, "config.seeds"),
+    ("harness", "tiny", {"finetune.batch_size": 0}, "config.finetune.batch_size"),
+    ("harness", "tiny", {"features.batch_windows": -1}, "config.features.batch_windows"),
+    ("embed", "tiny", {"data.root": ""}, "config.data.root"),
+    ("embed", "tiny", {"frontend.rereference": "average"}, "config.frontend.rereference"),
+    ("embed", "tiny", {"popt.position_code": "mni"}, "config.popt.position_code"),
+    ("predict", "tiny", {"model_checkpoint": ""}, "config.model_checkpoint"),
+    ("extract_recordings", "tiny", {"data.format": "edf"}, "config.data.format"),
+    ("extract_recordings", "tiny", {"tasks": ("pretrain", "nope")}, "config.tasks"),
+    ("brain_encoder_ensemble", None, {"runs": ""}, "config.runs"),
+    ("brain_encoder_ensemble", None, {"runs": "/no/run/a,/no/run/b"}, "config.runs"),
+    ("predict_images", None, {"images": ""}, "config.images"),
+    ("predict_images", None, {"hemi": "both"}, "config.hemi"),
 ])
-def test_validators_name_the_field(name, arg, overrides, field):
+def test_validators_name_the_field(name, arg, overrides, field, tmp_path):
     config = _config(name, arg)
+    _give_recording_inputs(config, tmp_path)
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
         node[leaf] = value
-    job = config.job
-    if job == "brain_encoder":
-        from popt_jax.fmri.validate import validate
-    else:
-        from popt_jax.ieeg.validate import validate
     with pytest.raises(ConfigError) as info:
-        validate(job, config)
+        _validate(config)
     assert str(info.value).startswith(field + ":") or f"; {field}:" in str(info.value), \
         str(info.value)
 
 
-@pytest.mark.parametrize("name, arg", [("tiny_train", "pretrain"), ("tiny_train", "finetune"),
-                                       ("tiny", None), ("brain_encoder", None),
-                                       ("pretrain", "paper"), ("finetune", "paper"),
-                                       ("extract_features", None)])
-def test_shipped_configs_validate(name, arg):
-    config = _config(name, arg)
-    if config.job == "brain_encoder":
+def _give_recording_inputs(config, tmp_path) -> None:
+    """Fills the paths that configs of the own-recording and image jobs need (empty when
+    shipped: the user passes them)."""
+    if config.job in ("embed", "predict", "extract_recordings"):
+        config.data.root = str(tmp_path)
+        if config.job == "predict":
+            config.model_checkpoint = str(tmp_path)
+    elif config.job == "predict_images":
+        config.run = config.images = str(tmp_path)
+    elif config.job == "brain_encoder_ensemble":
+        config.runs = f"{tmp_path},{tmp_path}"
+
+
+def _validate(config) -> None:
+    from popt_jax.main import FMRI_JOBS
+
+    if config.job in FMRI_JOBS:
         from popt_jax.fmri.validate import validate
     else:
         from popt_jax.ieeg.validate import validate
     validate(config.job, config)
+
+
+@pytest.mark.parametrize("name, arg", [
+    ("tiny_train", "pretrain"), ("tiny_train", "finetune"), ("tiny", None),
+    ("brain_encoder", None), ("pretrain", "paper"), ("finetune", "paper"),
+    ("extract_features", None), ("pretrain_brainbert", None), ("pretrain_brainbert", "paper"),
+    ("pretrain_brainbert", "tiny"), ("neuroprobe", None), ("neuroprobe", "tiny"),
+    ("harness", None), ("harness", "paper"), ("harness", "tiny"), ("embed", None),
+    ("predict", None), ("extract_recordings", None), ("brain_encoder_ensemble", None),
+    ("predict_images", None)])
+def test_shipped_configs_validate(name, arg, tmp_path):
+    config = _config(name, arg)
+    _give_recording_inputs(config, tmp_path)
+    _validate(config)
+
+
+def test_every_job_has_its_checks():
+    """A job added to `main.JOB_NAMES` without an entry in its family's validator would run
+    unchecked: `preflight` refuses it, and this test names it."""
+    from popt_jax.fmri import validate as fmri_validate
+    from popt_jax.ieeg import validate as ieeg_validate
+    from popt_jax.main import FMRI_JOBS, JOB_NAMES
+
+    assert set(FMRI_JOBS) == set(fmri_validate.JOBS)
+    assert set(JOB_NAMES) == set(fmri_validate.JOBS) | set(ieeg_validate.JOBS)
+    assert not set(fmri_validate.JOBS) & set(ieeg_validate.JOBS)
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--config", "configs/pretrain_brainbert.py:tiny", "--config.total_steps=0"],
+     "config.total_steps"),
+    (["--config", "configs/neuroprobe.py:tiny", "--config.subset=full"], "config.subset"),
+    (["--config", "configs/predict_images.py", "--config.images=/no/such/folder"],
+     "config.images"),
+], ids=["pretrain_brainbert", "neuroprobe", "predict_images"])
+def test_later_jobs_are_checked_before_any_work(args, field, tmp_path):
+    workdir = tmp_path / "run"
+    assert_one_error(run_main(*args, "--workdir", str(workdir)), field)
+    assert not workdir.exists()  # refused before the workdir was made
 
 
 # --------------------------------------------------------------------------- 2. OS (no mount)
