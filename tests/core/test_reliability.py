@@ -240,6 +240,32 @@ def test_resume_on_a_store_of_other_weights_is_refused(pre, store, tmp_path):
     assert snapshot(pre) == before
 
 
+def test_brainbert_pretraining_resume_on_other_inputs_is_refused(tmp_path):
+    """BrainBERT pretraining records its inputs; a resume on another data root or another
+    electrode selection is refused naming them (no training needed to show it)."""
+    from popt_jax.core import run_identity
+    from popt_jax.ieeg.validate import run_inputs
+
+    (tmp_path / "root_a").mkdir()
+    (tmp_path / "root_b").mkdir()
+    workdir = tmp_path / "bb"
+    config = _config("pretrain_brainbert", "tiny")
+    config.data.root = str(tmp_path / "root_a")
+    identity, resuming = run_inputs("pretrain_brainbert", config, workdir)
+    assert not resuming
+    workdir.mkdir()
+    run_identity.check_or_record(workdir, identity, resuming=resuming)
+    (workdir / "checkpoints" / "6").mkdir(parents=True)  # a finished step: now a resume
+    assert run_inputs("pretrain_brainbert", config, workdir) == (identity, True)
+    config.data.root = str(tmp_path / "root_b")
+    config.data.selection = "clean_laplacian"
+    other, resuming = run_inputs("pretrain_brainbert", config, workdir)
+    with pytest.raises(run_identity.InputMismatch) as info:
+        run_identity.check_or_record(workdir, other, resuming=resuming)
+    assert "data_root" in str(info.value) and "selection" in str(info.value)
+    assert "root_a" in str(info.value) and "root_b" in str(info.value)
+
+
 def test_store_with_files_of_other_settings_is_refused(store, tmp_path):
     from popt_jax.ieeg.extract import write_random_features
 

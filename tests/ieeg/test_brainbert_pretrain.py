@@ -350,7 +350,6 @@ def test_benchmark_tiny_runs():
     assert "ratio vs reference" in out.stdout
 
 
-@pytest.mark.slow  # a second process; the store DataErrors are tested in-process above
 def test_cli_bad_selection_is_one_error_line(tree, tmp_path):
     root, _, _ = tree
     out = subprocess.run(
@@ -361,5 +360,8 @@ def test_cli_bad_selection_is_one_error_line(tree, tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 2
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == [f"error: {tmp_path / 'none.json'}: electrode selection file not found"]
+    # Refused by the config checks, before any work (the workdir is not even made).
+    assert errors == [f"error: config.data.selection: {tmp_path / 'none.json'}: No such file "
+                      "or directory"]
+    assert not (tmp_path / "w").exists()
     assert "Traceback" not in out.stderr
