@@ -203,6 +203,41 @@ class Checkpoints:
             pass
 
 
+def restore_best_params(workdir: str | os.PathLike, metric: str, mode: str, abstract_params,
+                        ) -> tuple[int, dict[str, Any], Any]:
+    """(step, meta, params) of a finished run's best checkpoint, read-only.
+
+    The best step is the one with the best finite validation `metric` (`mode` "max" or
+    "min"; ties go to the earliest step, as the trainers choose), else the latest step.
+    `abstract_params(meta)` gives the parameter tree (shapes/dtypes, e.g. from
+    `nnx.eval_shape`) of the architecture that step's `meta` names, so the caller can check
+    the meta (task, architecture) before anything is read.
+
+    Raises:
+      TrainingError: `workdir` has no finished checkpoint.
+    """
+    directory = (Path(workdir) / "checkpoints").absolute()
+    quiet_orbax_logs()
+    manager = ocp.CheckpointManager(directory,
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        steps = manager.all_steps()
+        if not steps:
+            raise TrainingError(f"{workdir}: a workdir without checkpoints")
+        sign = 1.0 if mode == "max" else -1.0
+        scored = [(sign * float((manager.metrics(s) or {}).get(metric, np.nan)), -s)
+                  for s in steps]
+        finite = [x for x in scored if np.isfinite(x[0])]
+        step = -max(finite)[1] if finite else max(steps)
+        meta = read_meta(directory / str(step)) or {}
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params(meta))
+        params = manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(target)))["params"]
+    finally:
+        manager.close()
+    return step, meta, jax.device_get(params)
+
+
 def _is_grain(it) -> bool:
     import grain
 
