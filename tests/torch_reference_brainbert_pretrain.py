@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch_reference import RefLamb  # torch_optimizer.Lamb, stated once
 
 
 class Span(NamedTuple):
@@ -117,37 +118,6 @@ def ref_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alp
     big = torch.abs(true) > 1
     content = torch.mean(torch.abs(true[big] - pred[big]))
     return l1 + alpha * content, l1, content
-
-
-class RefLamb(torch.optim.Optimizer):
-    """torch_optimizer.Lamb (defaults: betas 0.9/0.999, eps 1e-6, clamp 10, no debias)."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
-                 clamp_value=10.0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self.clamp_value = clamp_value
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                w_norm = torch.norm(p).clamp(0, self.clamp_value)
-                step = m / v.sqrt().add(group["eps"])
-                if group["weight_decay"]:
-                    step.add_(p, alpha=group["weight_decay"])
-                s_norm = torch.norm(step)
-                trust = 1.0 if w_norm == 0 or s_norm == 0 else w_norm / s_norm
-                p.add_(step, alpha=-group["lr"] * float(trust))
 
 
 def ref_train_step(model, opt, masked, target, mask, *, alpha=2.0, clip=1.0,
