@@ -6,7 +6,7 @@ change the numbers a run produces; each is reproduced here behind a config field
 * `loss.backward(loss)`: the gradient is scaled by the loss (`config.loss_scaled_grad`,
   default True; implemented in `core.steps.make_train_step`);
 * validation after update 1, then every `log_step` updates, and after the last one
-  (`config.eval_schedule = "upstream"`; `eval_due`);
+  (`config.eval_schedule = "upstream"`; `core.loop.Schedule.eval_due`);
 * no shuffling (`shuffle: False` in both experiment configs): every epoch visits the training
   split in the order the split made it, fine-tuning keeping the short last batch
   (`config.data.order = "upstream"`; `datasets.make_dataset(order="fixed")`);
@@ -16,8 +16,6 @@ change the numbers a run produces; each is reproduced here behind a config field
 
 from __future__ import annotations
 
-from popt_jax.core.loop import Schedule
-
 EVAL_SCHEDULES = ("every", "upstream")
 DATA_ORDERS = ("shuffle", "upstream")
 
@@ -25,16 +23,6 @@ DATA_ORDERS = ("shuffle", "upstream")
 # the body's hidden states only (upstream's `intermediate_rep=True`), never its heads.
 _PRETRAIN_UNUSED = ("spec_prediction_head",)
 _FINETUNE_UNUSED = ("cls_head", "token_cls_head", "spec_prediction_head")
-
-
-def eval_due(step: int, total: int, every: int, schedule: str = "every") -> bool:
-    """Whether to validate after optimiser update `step` (1-based) of `total`: "every" after
-    updates every, 2 every, ... and the last; "upstream" after updates 1, 1 + every, ... and
-    the last (`core.loop.Schedule.eval_due`, which the trainer uses)."""
-    if schedule not in EVAL_SCHEDULES:
-        raise ValueError(f"eval_schedule must be one of {EVAL_SCHEDULES}, got {schedule!r}")
-    return Schedule(total=int(total), eval_every=int(every) or int(total),
-                    eval_schedule=schedule).eval_due(step)
 
 
 def _names(path) -> list[str]:

@@ -98,7 +98,12 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
     c.choice("optimizer", ("lamb", "adamw"))
     c.choice("compute_dtype", ("float32", "bfloat16"))
     c.choice("rng_impl", ("rbg", "unsafe_rbg", "threefry2x32"))
+    from popt_jax.ieeg.recipe import DATA_ORDERS, EVAL_SCHEDULES
+
+    c.choice("eval_schedule", EVAL_SCHEDULES)
     d = "data."
+    c.choice(d + "order", DATA_ORDERS)
+    c.non_negative_int(d + "max_train_examples")
     c.choice(d + "split", ("time_blocked", "random"))
     c.fraction(d + "val_fraction")
     c.fraction(d + "test_fraction")

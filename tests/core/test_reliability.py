@@ -87,6 +87,8 @@ def test_bad_config_is_one_line_and_touches_nothing(args, needles, tmp_path, pre
      "config.default_inputs.extract.preprocess.rereference"),
     ("tiny_train", "pretrain", {"features_dir": "/no/such/store"}, "config.features_dir"),
     ("tiny_train", "pretrain", {"data.buckets": (32, 16)}, "config.data.buckets"),
+    ("tiny_train", "pretrain", {"eval_schedule": "sometimes"}, "config.eval_schedule"),
+    ("tiny_train", "finetune", {"data.order": "sorted"}, "config.data.order"),
     ("tiny_train", "finetune", {"task": "loudness"}, "config.task"),
     ("tiny_train", "finetune", {"default_inputs.pretrain.batch_size": 0},
      "config.default_inputs.pretrain.batch_size"),

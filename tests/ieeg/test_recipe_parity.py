@@ -213,9 +213,13 @@ def test_receives_gradient_paths():
 
 
 def test_upstream_eval_cadence():
-    due = [s for s in range(1, 351) if recipe.eval_due(s, 350, 100, "upstream")]
-    assert due == [1, 101, 201, 301, 350]
-    due = [s for s in range(1, 351) if recipe.eval_due(s, 350, 100, "every")]
-    assert due == [100, 200, 300, 350]
+    from popt_jax.core.loop import Schedule
+
+    def due(schedule):
+        sched = Schedule(total=350, eval_every=100, eval_schedule=schedule)
+        return [s for s in range(1, 351) if sched.eval_due(s)]
+
+    assert due("upstream") == [1, 101, 201, 301, 350]
+    assert due("every") == [100, 200, 300, 350]
     with pytest.raises(ValueError):
-        recipe.eval_due(1, 10, 5, "sometimes")
+        Schedule(total=10, eval_every=5, eval_schedule="sometimes").eval_due(1)
