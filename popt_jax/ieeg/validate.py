@@ -88,16 +88,8 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
         c.positive_int(f, required=f in ("total_steps", "batch_size"))
     for f in ("eval_batch_size", "eval_every", "stop_after_steps", "num_devices"):
         c.non_negative_int(f)
-    c.positive("lr")
-    c.non_negative("weight_decay")
-    c.non_negative("grad_clip")
-    c.fraction("warmup", open_low=False)
-    c.fraction("gamma", open_high=False)
+    _optimiser(c)
     c.positive("body_lr_scale")
-    c.positive("lamb_clamp_value")
-    c.choice("optimizer", ("lamb", "adamw"))
-    c.choice("compute_dtype", ("float32", "bfloat16"))
-    c.choice("rng_impl", ("rbg", "unsafe_rbg", "threefry2x32"))
     from popt_jax.ieeg.recipe import DATA_ORDERS, EVAL_SCHEDULES
 
     c.choice("eval_schedule", EVAL_SCHEDULES)
@@ -107,9 +99,7 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
     c.choice(d + "split", ("time_blocked", "random"))
     c.fraction(d + "val_fraction")
     c.fraction(d + "test_fraction")
-    val, test = c.get(d + "val_fraction", 0), c.get(d + "test_fraction", 0)
-    c.rule(not all(isinstance(x, (int, float)) for x in (val, test)) or val + test < 1,
-           d + "test_fraction", f"val_fraction + test_fraction must be < 1, got {val} + {test}")
+    _fractions_below_one(c, d + "val_fraction", d + "test_fraction")
     c.positive_int(d + "time_blocks")
     c.fraction(d + "replace_p", open_low=False)
     c.non_negative(d + "coord_jitter")
@@ -186,6 +176,10 @@ def check_brainbert_pretrain(c: Checks) -> None:
         c.positive_int("model." + f)
     c.divisible("model.hidden_dim", "model.n_heads")
     c.fraction("model.dropout", open_low=False)
+    for f in ("total_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
+              "keep_checkpoints"):
+        c.positive_int(f, required=f in ("total_steps", "batch_size"))
+    c.non_negative_int("num_devices")
     _optimiser(c)
 
 
@@ -315,11 +309,7 @@ def check_harness(c: Checks) -> None:
 
 
 def _optimiser(c: Checks) -> None:
-    """Optimiser and loop fields shared by the training jobs."""
-    for f in ("total_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
-              "keep_checkpoints"):
-        c.positive_int(f, required=f in ("total_steps", "batch_size"))
-    c.non_negative_int("num_devices")
+    """Optimiser fields shared by the training jobs."""
     c.positive("lr")
     c.non_negative("weight_decay")
     c.non_negative("grad_clip")
