@@ -158,6 +158,11 @@ class Checkpoints:
                 progress = {**progress, "data_state": data_iter.get_state()}
                 items["progress"] = ocp.args.JsonSave(progress)
         metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "step": step}
+        # The previous step's background write must be finished (or its failure reported)
+        # first: Orbax would otherwise start this save waiting on a commit signal that a
+        # failed write never sends, and hang until its async timeout. A new save waits on the
+        # previous one anyway, so this costs no overlap with training.
+        self._guard("writing a checkpoint", self.manager.wait_until_finished)
         self._guard("writing a checkpoint", self.manager.save, step,
                     args=ocp.args.Composite(**items), metrics=metrics)
 
