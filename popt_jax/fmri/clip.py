@@ -43,7 +43,8 @@ from flax import nnx
 
 from popt_jax.core import torch_io
 from popt_jax.errors import ConversionError
-from popt_jax.fmri.dinov2 import Attention, _Init
+from popt_jax.fmri import dinov2
+from popt_jax.fmri.dinov2 import Attention
 
 __all__ = ["ClipVisionConfig", "ClipVision", "ACTIVATIONS", "OPENAI_MEAN", "OPENAI_STD",
            "load_clip", "clip_from_state_dict", "to_state_dict", "infer_config", "EXPECT"]
@@ -113,6 +114,21 @@ EXPECT = {"": None, "vitb16": dict(patch_size=16, width=768, layers=12, heads=12
 # --------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------
+
+
+class _Init(dinov2._Init):
+    """dinov2's numpy-seeded draws; under `nnx.eval_shape` (weight loading) no draws at all,
+    which for ViT-L's 300M weights would cost seconds for values that are overwritten."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        super().__init__(rngs)
+        self.abstract = isinstance(jax.random.key_data(rngs.params()), jax.core.Tracer)
+
+    def normal(self, std: float):
+        return self.zeros if self.abstract else super().normal(std)
+
+    def uniform(self, bound: float):
+        return self.zeros if self.abstract else super().uniform(bound)
 
 
 class Mlp(nnx.Module):

@@ -90,11 +90,13 @@ class Conv(nnx.Module):
     """Bias-free 2-D convolution, NCHW input, torch weight layout [out, in, kh, kw]."""
 
     def __init__(self, c_in: int, c_out: int, k: int, *, stride: int = 1, padding: int = 0,
-                 dilation: int = 1, rng: np.random.Generator):
-        # torchvision's init: kaiming normal, fan_out, ReLU gain.
+                 dilation: int = 1, rng: np.random.Generator | None):
+        # torchvision's init: kaiming normal, fan_out, ReLU gain (rng None: no draws, for
+        # weights about to be loaded).
+        shape = (c_out, c_in, k, k)
         std = np.sqrt(2.0 / (c_out * k * k))
-        self.weight = nnx.Param(jnp.asarray(std * rng.standard_normal((c_out, c_in, k, k)),
-                                            jnp.float32))
+        self.weight = nnx.Param(jnp.zeros(shape, jnp.float32) if rng is None else jnp.asarray(
+            std * rng.standard_normal(shape), jnp.float32))
         self.stride, self.padding, self.dilation = stride, padding, dilation
 
     def __call__(self, x):
@@ -125,7 +127,7 @@ class Bottleneck(nnx.Module):
     """torchvision's Bottleneck (stride on the 3x3 convolution)."""
 
     def __init__(self, c_in: int, planes: int, stride: int, dilation: int, downsample: bool,
-                 eps: float, rng: np.random.Generator):
+                 eps: float, rng: np.random.Generator | None):
         c_out = planes * EXPANSION
         self.conv1 = Conv(c_in, planes, 1, rng=rng)
         self.bn1 = FrozenBatchNorm(planes, eps)
@@ -157,8 +159,9 @@ class ResNet(nnx.Module):
     def __init__(self, cfg: ResNetConfig = ResNetConfig(), *, rngs: nnx.Rngs):
         self.config = cfg
         data = jax.random.key_data(rngs.params())
-        seed = 0 if isinstance(data, jax.core.Tracer) else np.asarray(data)
-        rng = np.random.default_rng(seed)  # cheap draws (see dinov2._Init)
+        # numpy draws (see dinov2._Init); none under nnx.eval_shape (weights to be loaded)
+        rng = None if isinstance(data, jax.core.Tracer) else np.random.default_rng(
+            np.asarray(data))
         w, eps = cfg.width, cfg.bn_eps
         self.conv1 = Conv(cfg.in_chans, w, 7, stride=2, padding=3, rng=rng)
         self.bn1 = FrozenBatchNorm(w, eps)
