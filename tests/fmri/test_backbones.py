@@ -131,6 +131,8 @@ def test_tiny_resnet50_run_and_predict_images(tmp_path):
     results = BT.brain_encoder_job(c, tmp_path / "run")
     assert results["feature_shape"] == [256, 2, 2]  # layer4 of width 8: 8 * 8 * 4 channels
     assert results["model"]["input_dim"] == 256 and results["model"]["hidden_dim"] == 32
+    # a 2x2 grid is coarser than the synthetic patchwork: no NaN in the attention statistics
+    assert "NaN" not in (tmp_path / "run" / "results.json").read_text()
     folder = tmp_path / "run" / "synthetic_algonauts" / "subj01" / "test_split" / "test_images"
     out = P.predict_images(tmp_path / "run", folder, tmp_path / "pred", rois="V1v", top_k=2,
                            n_attention_images=1)
