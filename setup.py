@@ -34,8 +34,10 @@ setup(
     install_requires=REQUIRED,
     extras_require={
         # torch is only needed for the parity tests and the optional PyTorch export check.
+        # open_clip_torch and torchvision: references of the CLIP / ResNet-50 parity tests.
         "test": ["pytest", "pytest-xdist", "torch", "omegaconf", "ruff", "neuroprobe",
-                 "scikit-learn", "pandas", "mne", "mne-bids", "edfio", "pybv", "pynwb"],
+                 "scikit-learn", "pandas", "mne", "mne-bids", "edfio", "pybv", "pynwb",
+                 "open_clip_torch", "torchvision"],
         # Neuroprobe's own splits and labels (the package imports torch, pandas, sklearn).
         "neuroprobe": ["neuroprobe", "torch", "scikit-learn", "pandas"],
         # NVIDIA GPUs (jax 0.10 publishes both CUDA extras): driver >= 525 -> cuda12,

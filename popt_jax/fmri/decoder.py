@@ -1,7 +1,9 @@
 """The transformer brain encoder's decoder and readout (Adeli, Sun & Kriegeskorte) in NNX.
 
 Input: a frozen backbone's feature grid [B, D, H, W] (DINOv2 `dinov2_q`: [B, 768, 31, 31]),
-which is the decoder's memory as is (upstream runs 0 encoder layers). Per SPEC section 4:
+which is the decoder's memory as is (upstream runs 0 encoder layers). With `input_dim` set
+(upstream's ResNet backbones: [B, 2048, h, w]) a 1x1 convolution `input_proj` (PyTorch's
+default init) first maps the input channels to `hidden_dim`. Per SPEC section 4:
 
 * position code: DETR's 2-D sine embedding, D/2 features per axis (384 for D = 768), with
   normalised cumulative coordinates (scale 2*pi, eps 1e-6), temperature 10000, y then x, and
@@ -62,7 +64,7 @@ class BrainEncoderConfig:
     """Decoder sizes; defaults are upstream's (d 768, 16 heads, FFN 1024, dropout 0.1).
 
     Attributes:
-      hidden_dim: token width; must equal the feature channels (no input projection).
+      hidden_dim: token width; equals the feature channels unless `input_dim` is set.
       n_heads: cross-attention heads.
       ff_dim: FFN hidden width.
       dropout: on attention weights and after each residual branch (training only).
@@ -73,6 +75,8 @@ class BrainEncoderConfig:
       temperature: of the sine position code.
       grouped_readout: `rois_all` readout by query groups (see the module docstring);
         False = upstream's dense Linear over every query, then the masks.
+      input_dim: feature channels projected to `hidden_dim` by `input_proj` (a 1x1
+        convolution, upstream's for ResNet backbones); 0 = no projection.
     """
 
     hidden_dim: int = 768
@@ -86,6 +90,7 @@ class BrainEncoderConfig:
     rh_queries: int = 0
     temperature: float = 10000.0
     grouped_readout: bool = True
+    input_dim: int = 0
 
     def __post_init__(self):
         if self.readout not in READOUTS:
@@ -353,14 +358,21 @@ class BrainEncoder(nnx.Module):
                 bias = init.torch_default(d)(None, (n_v,))
                 setattr(self, f"{hemi}_embed", GroupedReadout(
                     plans[hemi], np.asarray(kernel), np.asarray(bias)))
+        if cfg.input_dim:  # drawn last, so the other weights match the projection-free model
+            self.input_proj = _linear(cfg.input_dim, d, rngs,
+                                      kernel_init=init.torch_default(cfg.input_dim),
+                                      bias_init=init.torch_default(cfg.input_dim), dtype=dtype)
 
     def decode(self, features, *, deterministic: bool = True):
         """features [B, D, H, W] -> (query tokens [B, Q, D], attention [B, Q, H*W])."""
         b, d, h, w = features.shape
-        if d != self.config.hidden_dim:
-            raise ValueError(f"features have {d} channels, the decoder expects "
-                             f"{self.config.hidden_dim}")
+        want = self.config.input_dim or self.config.hidden_dim
+        if d != want:
+            raise ValueError(f"features have {d} channels, the decoder expects {want}")
         memory = features.reshape(b, d, h * w).transpose(0, 2, 1)
+        if self.config.input_dim:
+            memory = self.input_proj(memory)
+            d = self.config.hidden_dim
         pos = jnp.asarray(sine_position_code(h, w, d, self.config.temperature), memory.dtype)
         query_pos = jnp.broadcast_to(self.query_embed.value.astype(memory.dtype),
                                      (b, self.config.n_queries, d))
@@ -422,6 +434,10 @@ def layout(model: BrainEncoder) -> torch_io.Layout:
                                                       for i, m in enumerate(qkv)]
     out[f"{_PREFIX}multihead_attn.in_proj_bias"] = [slot(m + ("bias",), part=i, parts=3)
                                                     for i, m in enumerate(qkv)]
+    if model.config.input_dim:  # Conv2d 1x1 weight [D, C, 1, 1] <-> kernel [C, D]
+        out["input_proj.weight"] = [slot(("input_proj", "kernel"), lambda a: a.T[:, :, None, None],
+                                         lambda a: a.reshape(a.shape[0], -1).T)]
+        out["input_proj.bias"] = [slot(("input_proj", "bias"))]
     out["transformer.decoder.norm.weight"] = [slot(("norm", "scale"))]
     out["transformer.decoder.norm.bias"] = [slot(("norm", "bias"))]
     for hemi in ("lh", "rh"):

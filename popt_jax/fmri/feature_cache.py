@@ -1,7 +1,8 @@
 """Frozen-backbone feature cache for the brain encoder (HDF5, float16, resumable).
 
 The backbone never trains (upstream freezes it and runs it under `no_grad`), so its features are
-computed once per (backbone weights, feature kind, block, image list) and stored:
+computed once per (backbone family and weights, feature kind, block, image list, image size,
+normalisation) and stored:
 
     {cache_dir}/{split}_{key}.h5
       features  float16 [n_images, D, gh, gw]   chunked per image
@@ -12,6 +13,11 @@ computed once per (backbone weights, feature kind, block, image list) and stored
 rather than mixing features. Extraction writes batch by batch and bumps `completed` after each
 flush; a run that stopped part-way continues from there. Images are decoded in threads while the
 device computes the previous batch; a progress line with images/s and the ETA is logged.
+
+Every backbone of `popt_jax.fmri.backbones` (DINOv2, CLIP ViT, ResNet-50) goes through the
+same store; its fingerprint hashes the family, the architecture and every weight (BatchNorm
+statistics included), and `kind` + `block` name the feature, so the key differs per backbone
+and per layer.
 
 float16 halves the store (NSD subject 1: 9841 x 768 x 31 x 31 x 2 bytes = 14.5 GB); DINOv2
 query features are O(1)-O(10) in magnitude, well inside float16's range, and the relative
@@ -34,7 +40,7 @@ from absl import logging
 
 from popt_jax.core.logs import Progress
 from popt_jax.errors import DataError
-from popt_jax.fmri import dinov2
+from popt_jax.fmri import backbones
 from popt_jax.fmri.recipe import load_image
 
 __all__ = ["FORMAT", "cache_key", "cache_features", "load_features", "FeatureReader",
@@ -43,17 +49,10 @@ __all__ = ["FORMAT", "cache_key", "cache_features", "load_features", "FeatureRea
 FORMAT = "popt_jax.brain_features/1"
 
 
-def backbone_fingerprint(model: dinov2.DinoV2) -> str:
-    """A short hash of the backbone's architecture and weights."""
-    import jax
-    from flax import nnx
-
-    h = hashlib.sha1(json.dumps(model.config.__dict__, sort_keys=True).encode())
-    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    for path, leaf in jax.tree_util.tree_flatten_with_path(pure)[0]:
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(np.asarray(leaf, np.float32).tobytes())
-    return h.hexdigest()[:16]
+def backbone_fingerprint(model) -> str:
+    """A short hash of the backbone's family, architecture and weights
+    (`backbones.fingerprint`)."""
+    return backbones.fingerprint(model)
 
 
 def _names_sha(files: Sequence[Path]) -> str:
@@ -61,10 +60,14 @@ def _names_sha(files: Sequence[Path]) -> str:
 
 
 def cache_key(backbone: str, kind: str, block: int, files: Sequence[Path],
-              compute_dtype: str = "float32", image_size: int | None = None) -> str:
+              compute_dtype: str = "float32", image_size: int | None = None,
+              normalize: str = "imagenet") -> str:
+    """Name of the store of (backbone fingerprint, kind, block, files, dtype, size, norm)."""
     parts = [FORMAT, backbone, kind, int(block), _names_sha(files), compute_dtype]
     if image_size:  # appended only when set, so existing stores keep their keys
         parts.append(int(image_size))
+    if normalize != "imagenet":
+        parts.append(str(normalize))
     blob = json.dumps(parts)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -93,18 +96,18 @@ def _open_store(path: Path, attrs: dict[str, Any], shape: tuple[int, ...]) -> h5
     return h5py.File(path, "a")
 
 
-def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.PathLike, *,
+def cache_features(model, files: Sequence[Path], path: str | os.PathLike, *,
                    kind: str = "dinov2_q", block: int = -1, batch_size: int = 16,
                    compute_dtype: str = "float32", backbone: str | None = None,
                    label: str = "", progress_every_s: float = 10.0,
-                   image_size: int | None = None) -> Path:
+                   image_size: int | None = None, normalize: str = "imagenet") -> Path:
     """Extracts features of the PNG `files` into the HDF5 store at `path` (resuming).
 
     Args:
-      model: the frozen DINOv2.
+      model: the frozen backbone (`backbones.build`).
       files: image paths, in dataset order (row i of the store = files[i]).
       path: the .h5 file.
-      kind, block: see `dinov2.extract_features`.
+      kind, block: see `backbones.extract_features`.
       batch_size: images per jitted call (the last batch is padded, so one compilation).
       compute_dtype: 'float32' or 'bfloat16'.
       backbone: fingerprint stored in the attrs (default: computed from the weights).
@@ -112,6 +115,7 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
       progress_every_s: seconds between progress lines.
       image_size: resize every image to this square size before normalising (upstream's
         `--image_size`); None keeps the files' size.
+      normalize: 'imagenet' (upstream, every backbone) or 'openai' (CLIP's statistics).
 
     Returns:
       `path` as a Path, with `completed == n_images`.
@@ -125,13 +129,17 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
         return load_image(p, image_size)
 
     first = read_image(files[0])
-    p = model.config.patch_size
-    gh, gw = dinov2.padded_size(first.shape[0], p) // p, dinov2.padded_size(first.shape[1], p) // p
+    try:
+        dim, gh, gw = backbones.output_shape(model, kind, block, *first.shape[:2])
+    except ValueError as e:
+        raise DataError(files[0], str(e)) from None
     attrs = {"format": FORMAT, "n_images": n, "kind": kind, "block": int(block),
              "backbone": backbone or backbone_fingerprint(model),
              "image_names_sha1": _names_sha(files), "compute_dtype": compute_dtype,
              "image_size": int(image_size or 0)}
-    shape = (n, model.config.embed_dim, gh, gw)
+    if normalize != "imagenet":  # only then, so existing stores still match
+        attrs["normalize"] = str(normalize)
+    shape = (n, dim, gh, gw)
     f = _open_store(path, attrs, shape)
     try:
         start = int(f.attrs["completed"])
@@ -159,7 +167,8 @@ def cache_features(model: dinov2.DinoV2, files: Sequence[Path], path: str | os.P
                 if len(imgs) < batch_size:  # keep one compiled shape
                     imgs = np.concatenate(
                         [imgs, np.zeros((batch_size - len(imgs),) + imgs.shape[1:], np.uint8)])
-                out = dinov2.extract_features(model, imgs, kind, block, compute_dtype=dtype)
+                out = backbones.extract_features(model, imgs, kind, block, compute_dtype=dtype,
+                                                 normalize=normalize)
                 ds[a:b] = np.asarray(out[:b - a], np.float16)
                 f.attrs["completed"] = b
                 f.flush()

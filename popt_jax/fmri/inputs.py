@@ -16,16 +16,14 @@ from absl import logging
 from flax import nnx
 
 from popt_jax.errors import TrainingError
-from popt_jax.fmri import algonauts, dinov2, recipe, synthetic_algonauts
+from popt_jax.fmri import algonauts, backbones, recipe, synthetic_algonauts
 from popt_jax.fmri import feature_cache as brain_features
 from popt_jax.fmri.decoder import BrainEncoder, BrainEncoderConfig, from_torch_state_dict
 
 __all__ = ["synthetic_root", "load_subject", "build_backbone", "feature_block", "image_size",
-           "cache_split_features", "model_config", "build_model"]
+           "cache_split_features", "model_config", "build_model", "feature_stride"]
 
-_EXPECT = {"": None, "vits14": dict(embed_dim=384, num_heads=6),
-           "vitb14": dict(embed_dim=768, num_heads=12),
-           "vitl14": dict(embed_dim=1024, depth=24, num_heads=16)}
+RESNET_HIDDEN = 768  # upstream's --hidden_dim, the ResNet input projection's width
 
 
 def synthetic_root(config, workdir: Path) -> Path:
@@ -56,27 +54,15 @@ def load_subject(config, workdir: Path) -> algonauts.AlgonautsSubject:
     return subject
 
 
-def build_backbone(config) -> tuple[dinov2.DinoV2, str]:
-    """The frozen DINOv2 and a fingerprint of its weights (for the feature-cache key)."""
-    b = config.backbone
-    if config.backbone_checkpoint:
-        expect = str(b.get("expect", "vitb14"))
-        if expect not in _EXPECT:
-            raise TrainingError(f"config.backbone.expect must be one of {sorted(_EXPECT)}, "
-                                f"got {expect!r}")
-        expected = None if not expect else dinov2.DinoV2Config(**_EXPECT[expect])
-        from popt_jax.fmri.convert_dinov2 import load_dinov2
+def build_backbone(config):
+    """The frozen backbone of `config.features.kind` (DINOv2, CLIP or ResNet-50) and a
+    fingerprint of its family and weights (for the feature-cache key); `fmri.backbones`."""
+    return backbones.build(config)
 
-        model = load_dinov2(config.backbone_checkpoint, expected=expected)
-    else:
-        cfg = dinov2.DinoV2Config(patch_size=int(b.patch_size), embed_dim=int(b.embed_dim),
-                                  depth=int(b.depth), num_heads=int(b.num_heads),
-                                  mlp_ratio=float(b.mlp_ratio),
-                                  pretrain_grid=int(b.pretrain_grid))
-        logging.info("no backbone_checkpoint: a random %s backbone (plumbing runs only)",
-                     cfg.describe())
-        model = dinov2.DinoV2(cfg, rngs=nnx.Rngs(int(b.seed)))
-    return model, brain_features.backbone_fingerprint(model)
+
+def feature_stride(config, backbone) -> int:
+    """Image pixels per feature-grid cell of the configured block (for attention figures)."""
+    return backbones.feature_stride(backbone, feature_block(config))
 
 
 def feature_block(config) -> int:
@@ -93,12 +79,13 @@ def cache_split_features(config, backbone, fingerprint: str, files, split: str,
     """Caches (or finds) the backbone features of `files` under `{workdir}/features`."""
     fc = config.features
     block, size = feature_block(config), image_size(config)
+    norm = str(fc.get("normalize", "imagenet"))
     key = brain_features.cache_key(fingerprint, fc.kind, block, files, str(fc.compute_dtype),
-                                   size)
+                                   size, norm)
     return brain_features.cache_features(
         backbone, files, Path(workdir) / "features" / f"{split}_{key}.h5", kind=str(fc.kind),
         block=block, batch_size=int(fc.batch_size), compute_dtype=str(fc.compute_dtype),
-        backbone=fingerprint, label=split, image_size=size)
+        backbone=fingerprint, label=split, image_size=size, normalize=norm)
 
 
 def model_config(subject: algonauts.AlgonautsSubject, config, dim: int):
@@ -106,7 +93,14 @@ def model_config(subject: algonauts.AlgonautsSubject, config, dim: int):
     readout = str(config.model.readout)
     lh_m, lh_names = subject.query_masks("lh", readout)
     rh_m, rh_names = subject.query_masks("rh", readout)
-    cfg = BrainEncoderConfig(hidden_dim=dim, n_heads=int(config.model.n_heads),
+    # Upstream projects ResNet features (1x1 conv, `input_proj`) to --hidden_dim (768); the
+    # ViT features are the memory as they are. `model.hidden_dim` set: project to that width.
+    hidden = int(config.model.get("hidden_dim", 0) or 0)
+    resnet = backbones.family(str(config.features.kind)) == "resnet"
+    if resnet and not hidden:
+        hidden = RESNET_HIDDEN
+    input_dim = dim if (resnet or (hidden and hidden != dim)) else 0
+    cfg = BrainEncoderConfig(hidden_dim=hidden or dim, input_dim=input_dim, n_heads=int(config.model.n_heads),
                              ff_dim=int(config.model.ff_dim), dropout=float(config.model.dropout),
                              readout=readout, lh_vertices=subject.n_vertices("lh"),
                              rh_vertices=subject.n_vertices("rh"), lh_queries=len(lh_names),

@@ -80,7 +80,7 @@ def predict_images(run: str | Path, images: str | Path, out_dir: str | Path, *,
         raise TrainingError(f"{run}: the backbone built from its config ({fingerprint}) is not "
                             f"the one it was trained on ({info['backbone']})")
     store = inputs.cache_split_features(config, backbone, fingerprint, files, "predict", out_dir)
-    patch = backbone.config.patch_size
+    patch = inputs.feature_stride(config, backbone)
     del backbone
     feats = brain_features.FeatureReader(store, float(config.features.max_memory_gb) * 1e9)
     try:

@@ -343,6 +343,8 @@ def attention_on_places(mean_attention: np.ndarray, names: list[str],
         a = np.asarray(mean_attention[q], np.float64).reshape(gh, gw)
         ys = np.arange(gh) * PATCHWORK // gh == by
         xs = np.arange(gw) * PATCHWORK // gw == bx
+        if not (ys.any() and xs.any()):  # a grid coarser than the patchwork (small ResNet
+            continue                     # maps): this place has no cell of its own
         peak = np.unravel_index(int(a.argmax()), a.shape)
         hits.append(bool(ys[peak[0]] and xs[peak[1]]))
         ratios.append(a[np.ix_(ys, xs)].sum() / a.sum() / (ys.sum() * xs.sum() / (gh * gw)))

@@ -177,7 +177,7 @@ def _open_features(config, subject, workdir: Path):
     max_bytes = float(config.features.max_memory_gb) * 1e9
     feats = {k: brain_features.FeatureReader(v, max_bytes) for k, v in stores.items()}
     feats.setdefault("test", None)
-    return feats, fingerprint, backbone.config.patch_size
+    return feats, fingerprint, inputs.feature_stride(config, backbone)
 
 
 def _epoch(train_step, state, feats, fmri, order, batch, mesh, logs, ckpts, base_key, t,

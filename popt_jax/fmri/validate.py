@@ -18,7 +18,8 @@ from popt_jax.core.run_identity import file_fingerprint, has_checkpoints
 from popt_jax.core.validate import Checks
 
 READOUTS = ("rois_all", "hemis", "voxels")
-EXPECT = ("", "vits14", "vitb14", "vitl14")
+EXPECT = ("auto", "", "vits14", "vitb14", "vitl14", "vitb16", "resnet50")
+KINDS = ("dinov2_q", "dinov2", "clip", "resnet50")
 
 
 def check_brain_encoder(c: Checks) -> None:
@@ -38,16 +39,34 @@ def check_brain_encoder(c: Checks) -> None:
                s + "snr_max", f"must be >= snr_min ({lo}), got {hi}")
     c.existing_path("backbone_checkpoint")
     c.choice("backbone.expect", EXPECT)
-    if not c.get("backbone_checkpoint", ""):
+    c.choice("features.kind", KINDS)
+    c.choice("features.normalize", ("imagenet", "openai"))
+    c.choice("backbone.clip_act", ("quick_gelu", "gelu"))
+    c.non_negative_int("model.hidden_dim")
+    hidden = c.get("model.hidden_dim", 0)
+    if hidden:
+        c.divisible("model.hidden_dim", "model.n_heads")
+        c.rule(not isinstance(hidden, int) or hidden % 2 == 0, "model.hidden_dim",
+               f"must be even (half per axis for the decoder's position code), got {hidden}")
+    kind = c.get("features.kind", "dinov2_q")
+    if not c.get("backbone_checkpoint", "") and kind == "resnet50":
+        c.positive_int("backbone.resnet_width")
+        layers = str(c.get("backbone.resnet_layers", "3,4,6,3"))
+        parts = [v.strip() for v in layers.split(",")]
+        c.rule(len(parts) == 4 and all(v.isdigit() and int(v) > 0 for v in parts),
+               "backbone.resnet_layers", f"must be 4 positive block counts, got {layers!r}")
+    elif not c.get("backbone_checkpoint", ""):
         for f in ("patch_size", "embed_dim", "depth", "num_heads", "pretrain_grid"):
             c.positive_int(f"backbone.{f}")
         c.positive("backbone.mlp_ratio")
         c.divisible("backbone.embed_dim", "backbone.num_heads")
-        c.divisible("backbone.embed_dim", "model.n_heads")
+        if kind == "clip" and c.get("backbone.output_dim", 0):
+            c.positive_int("backbone.output_dim")
+        elif not hidden:
+            c.divisible("backbone.embed_dim", "model.n_heads")
         dim = c.get("backbone.embed_dim", 0)
         c.rule(not isinstance(dim, int) or dim % 2 == 0, "backbone.embed_dim",
                f"must be even (half per axis for the decoder's position code), got {dim}")
-    c.choice("features.kind", ("dinov2_q", "dinov2"))
     c.integer("features.block")
     c.positive_int("features.batch_size")
     c.choice("features.compute_dtype", ("float32", "bfloat16"))
