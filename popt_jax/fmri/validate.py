@@ -3,7 +3,7 @@
 * `validate(job, config)`: every field of `configs/brain_encoder.py` against its allowed
   values; one `ConfigError` line listing each `config.<field>: <problem>`.
 * `run_inputs(job, config, workdir)`: the run's identity (data root or the synthetic
-  subject's settings, NSD subject, backbone checkpoint hash, feature kind/block, split seed
+  subject's settings, NSD subject, backbone checkpoint hash, feature kind/block/normalisation/image size, split seed
   and fraction) and whether the workdir holds checkpoints to resume; `core.run_identity`
   records it or refuses a resume on other inputs (e.g. another data root).
 """
@@ -67,7 +67,7 @@ def check_brain_encoder(c: Checks) -> None:
         dim = c.get("backbone.embed_dim", 0)
         c.rule(not isinstance(dim, int) or dim % 2 == 0, "backbone.embed_dim",
                f"must be even (half per axis for the decoder's position code), got {dim}")
-    c.integer("features.block")
+    c.integer("features.enc_output_layer", min_value=1)
     c.positive_int("features.batch_size")
     c.choice("features.compute_dtype", ("float32", "bfloat16"))
     c.positive("features.max_memory_gb")
@@ -139,8 +139,8 @@ def run_inputs(job: str, config, workdir: str | Path) -> tuple[dict[str, Any], b
                        else dict(synthetic or {})))}),
         "subject": config.get("subject"),
         "backbone": file_fingerprint(ckpt) if ckpt else "random stand-in (config.backbone)",
-        "features": {"kind": config.features.get("kind"),
-                     "block": config.features.get("block")},
+        "features": {k: config.features.get(k) for k in (
+            "kind", "enc_output_layer", "normalize", "image_size")},
         "split": {"seed": config.get("seed"), "val_fraction": config.train.get("val_fraction")},
     }
     return identity, has_checkpoints(Path(workdir) / "checkpoints")

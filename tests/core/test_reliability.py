@@ -103,6 +103,7 @@ def test_bad_config_is_one_line_and_touches_nothing(args, needles, tmp_path, pre
     ("brain_encoder", None, {"model.readout": "rois"}, "config.model.readout"),
     ("brain_encoder", None, {"train.val_fraction": 1.0}, "config.train.val_fraction"),
     ("brain_encoder", None, {"data.root": "/no/such/root"}, "config.data.root"),
+    ("brain_encoder", None, {"features.enc_output_layer": 0}, "config.features.enc_output_layer"),
     ("pretrain_brainbert", "tiny", {"batch_size": 0}, "config.batch_size"),
     ("pretrain_brainbert", "tiny", {"mask.loss_mask": "fixed"}, "config.mask.loss_mask"),
     ("pretrain_brainbert", "tiny", {"mask.time_min": 6}, "config.mask.time_max"),
@@ -171,7 +172,8 @@ def _validate(config) -> None:
 
 @pytest.mark.parametrize("name, arg", [
     ("tiny_train", "pretrain"), ("tiny_train", "finetune"), ("tiny", None),
-    ("brain_encoder", None), ("pretrain", "paper"), ("finetune", "paper"),
+    ("brain_encoder", None), ("brain_encoder", "clip"), ("brain_encoder", "resnet50"),
+    ("pretrain", "paper"), ("finetune", "paper"),
     ("extract_features", None), ("pretrain_brainbert", None), ("pretrain_brainbert", "paper"),
     ("pretrain_brainbert", "tiny"), ("neuroprobe", None), ("neuroprobe", "tiny"),
     ("harness", None), ("harness", "paper"), ("harness", "tiny"), ("embed", None),
