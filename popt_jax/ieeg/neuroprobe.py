@@ -493,6 +493,8 @@ def run_evaluations(config, nprobe: Neuroprobe, bt: BrainTreebank) -> dict[str, 
     t0 = time.perf_counter()
     for i, (split, sid, tid, task) in enumerate(plan):
         folds = nprobe.folds(split, sid, tid, task, nano)
+        for k, fold in enumerate(folds):  # names the fold (seeds the per-fold fine-tuning)
+            fold["name"] = f"{split}/btbank{sid}_{tid}/{task}/{k}"
         scores = [evaluate_fold(f, feats, bt, per_electrode, split, int(config.seed), readout)
                   for f in folds]
         results.setdefault(split, {}).setdefault(task, {})[f"btbank{sid}_{tid}"] = scores

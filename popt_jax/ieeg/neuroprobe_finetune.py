@@ -27,6 +27,7 @@ the results go into the submission.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import jax
@@ -99,7 +100,6 @@ class FoldFinetuner:
             loss_scaled_grad=bool(self.ft.get("loss_scaled_grad", True)))
         self.eval_step = objectives.make_eval_step(FINETUNE, self.parts, self.mesh)
         self.base_key = jax.random.key(self.seed)
-        self.folds_done = 0
 
     # ---------------------------------------------------------------------------- batches
 
@@ -134,8 +134,13 @@ class FoldFinetuner:
     # ---------------------------------------------------------------------------- a fold
 
     def __call__(self, x_tr: np.ndarray, y_tr: np.ndarray, c_tr: np.ndarray,
-                 x_te: np.ndarray, y_te: np.ndarray, c_te: np.ndarray) -> dict[str, float]:
+                 x_te: np.ndarray, y_te: np.ndarray, c_te: np.ndarray,
+                 name: str = "") -> dict[str, float]:
         """Fine-tunes on (x_tr [N, E, D], y_tr [N], coords c_tr [E, 3]) and scores.
+
+        `name` identifies the fold: its hold-out, batch order and dropout keys are seeded from
+        `config.seed` and the name, so a fold's result does not depend on which other
+        evaluations run with it.
 
         Returns the submission's fold fields: train_accuracy, train_roc_auc (all of the
         fold's training windows), test_accuracy, test_roc_auc.
@@ -143,8 +148,7 @@ class FoldFinetuner:
         if len(np.unique(y_tr)) < 2 or len(np.unique(y_te)) < 2:
             raise TrainingError("a Neuroprobe fold has a single class; ROC-AUC is undefined")
         n_tok = self._pad_tokens(max(x_tr.shape[1], x_te.shape[1]))
-        fold_seed = self.seed + self.folds_done
-        self.folds_done += 1
+        fold_seed = (self.seed + zlib.crc32(name.encode())) % 2**31
         fit, val = stratified_holdout(np.asarray(y_tr), float(self.ft.val_fraction), fold_seed)
         params = mesh_lib.replicate(self.parts.params, self.mesh)
         opt_state = mesh_lib.replicate(self.tx.init(self.parts.params), self.mesh)
@@ -189,6 +193,6 @@ def fold_readout(config, bt) -> Any:
             fold["train_electrodes"]).lip_int()
         c_te = bt.localization(fold["test_session"][0]).select(
             fold["test_electrodes"]).lip_int()
-        return tuner[0](x_tr, y_tr, c_tr, x_te, y_te, c_te)
+        return tuner[0](x_tr, y_tr, c_tr, x_te, y_te, c_te, str(fold.get("name", "")))
 
     return readout
