@@ -439,8 +439,8 @@ def _paths(src) -> list:
     return _paths(src.source) if hasattr(src, "source") else []
 
 
-def trained_on(data: "StoreData", inherited_from: str | os.PathLike, what: str
-               ) -> dict[str, Any]:
+def run_provenance(data: "StoreData", inherited_from: str | os.PathLike,
+                   what: str) -> dict[str, Any]:
     """The provenance record of a run on `data` built on `inherited_from` (a feature store
     for pretraining, an initial checkpoint for fine-tuning): `popt_jax.ieeg.provenance`."""
     found = provenance.read_provenance(inherited_from)
@@ -484,7 +484,7 @@ def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     inputs = defaults.prepare_default_inputs(config, workdir)
     data = StoreData(config, inputs.features_dir, PRETRAIN, split_file(config, workdir))
     results = train_and_evaluate(config, workdir, task=PRETRAIN, data=data,
-                                 trained_on=trained_on(data, inputs.features_dir, "features"))
+                                 trained_on=run_provenance(data, inputs.features_dir, "features"))
     report_pretraining(results)
     return results
 
@@ -516,7 +516,7 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
         popt_cfg = variants.override_position_encoding(
             popt_config_from(config.model, data.input_dim), position_encoding)
         return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg,
-                                  trained_on=trained_on(data, inputs.features_dir, "features"))
+                                  trained_on=run_provenance(data, inputs.features_dir, "features"))
     popt_cfg, params = load_init(inputs.init_checkpoint)
     popt_cfg = variants.override_position_encoding(popt_cfg, position_encoding)
     results = train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
@@ -529,8 +529,8 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
 
 def finetune_trained_on(data: StoreData, features: Path, init: Path) -> dict[str, Any]:
     """Fine-tuning's record: its own sessions + the store's BrainBERT + the initialisation."""
-    rec = trained_on(data, features, "features")
-    init_rec = trained_on(data, init, "init_checkpoint")
+    rec = run_provenance(data, features, "features")
+    init_rec = run_provenance(data, init, "init_checkpoint")
     return provenance.record(rec["trained_on"] + init_rec["trained_on"],
                              complete=rec["complete"] and init_rec["complete"],
                              sources={**rec["sources"], **init_rec["sources"]})
