@@ -8,6 +8,14 @@
         --config.brainbert_checkpoint=/ckpt/brainbert_np/model.safetensors \
         --config.model_name=BrainBERT-popt-jax --config.author="First Last"
 
+    # PopT fine-tuned on every fold, from leak-free checkpoints (configs/*.py:neuroprobe):
+    python -m popt_jax.main --config configs/neuroprobe.py --workdir runs/np_popt_ft \
+        --config.root=/data/braintreebank --config.subset=lite --config.model=popt_finetune \
+        --config.brainbert_checkpoint=runs/bb_np/brainbert_best/model.safetensors \
+        --config.popt_checkpoint=runs/popt_np --config.author="First Last"
+
+Checkpoints must carry a record of their training sessions (written by popt_jax's training
+jobs); others, such as converted upstream weights, need --config.leak_override='<reason>'.
 Needs the optional extra: pip install 'popt_jax[neuroprobe]'. `tiny` shrinks everything for
 tests (`configs/neuroprobe.py:tiny`).
 """
