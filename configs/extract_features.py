@@ -8,6 +8,10 @@
         --config.brainbert_checkpoint=/ckpt/stft_large_pretrained.pth \
         --config.max_windows=-1 --config.batch_windows=16 --config.compute_dtype=bfloat16
 
+`:neuroprobe` extracts the pretraining windows of the sessions Neuroprobe allows pretraining
+on (SUBMIT.md; packaged as `neuroprobe_allowed_pretraining`) for `configs/pretrain.py:neuroprobe`.
+The store's `provenance.json` lists the sessions it holds and what its BrainBERT saw.
+
 With no `data.root` a small synthetic Brain Treebank is written under the workdir (once), and
 with no checkpoint a SMALL BrainBERT with seeded random weights is used: full-size BrainBERT
 runs at ~3 electrode-windows/s on a laptop CPU, so the defaults (small model, a few hundred
@@ -18,10 +22,13 @@ from ml_collections import config_dict
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    """Args: arg: None (small synthetic default) or 'paper' (upstream's selections)."""
-    if arg not in (None, "", "paper"):
-        raise ValueError(f"configs/extract_features.py takes no argument or ':paper', got {arg!r}")
-    paper = arg == "paper"
+    """Args: arg: None (small synthetic default), 'paper' (upstream's selections) or
+    'neuroprobe' (the PopT pretraining store on Neuroprobe's allowed sessions only)."""
+    if arg not in (None, "", "paper", "neuroprobe"):
+        raise ValueError("configs/extract_features.py takes no argument, ':paper' or "
+                         f"':neuroprobe', got {arg!r}")
+    neuroprobe = arg == "neuroprobe"
+    paper = arg in ("paper", "neuroprobe")
     config = config_dict.ConfigDict()
     config.job = "extract_features"  # popt_jax.main dispatches on this
     config.workdir = ""  # output folder; --workdir wins; empty = runs/extract_features
@@ -37,6 +44,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Trials to extract: packaged name(s) or JSON path(s), comma-separated (their union);
     # empty = every trial. Paper: upstream's pretraining trials and held-out test trials.
     config.data.trials = "pretrain_split_trials,test_trials" if paper else ""
+    if neuroprobe:  # SUBMIT.md's allowed sessions: none of Neuroprobe's evaluation sessions
+        config.data.trials = "neuroprobe_allowed_pretraining"
     config.data.synthetic = config_dict.ConfigDict()  # write_synthetic_braintreebank(...)
     config.data.synthetic.n_subjects = 2  # sub_1..sub_n
     config.data.synthetic.trials_per_subject = 1  # recordings per subject
@@ -79,6 +88,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.brainbert.n_layers = 2  # 6
 
     config.tasks = ("pretrain", "volume", "pitch", "sentence_onset", "word_onset")
+    if neuroprobe:  # the store feeds PopT pretraining only
+        config.tasks = ("pretrain",)
     config.compute_dtype = "float32"  # float32 (parity) or bfloat16 (accelerators)
     config.storage_dtype = "float32"  # float32 or float16 embeddings on disk
     config.batch_windows = 32  # windows per device call (x electrodes x 10240 samples)

@@ -16,7 +16,13 @@ the model and step count changed:
     python -m popt_jax.main --config configs/pretrain.py:paper --workdir runs/pretrain \\
         --config.features_dir=runs/features/features --config.compute_dtype=bfloat16
 
-i.e. the default with `--config.total_steps=500000 --config.batch_size=256` and the
+`:neuroprobe` is the paper recipe on the sessions Neuroprobe allows pretraining on
+(`neuroprobe_allowed_pretraining`, SUBMIT.md), with its 12 evaluation sessions as the held-out
+trials; extract its store with `configs/extract_features.py:neuroprobe`. The run records the
+sessions it read (`trained_on` in results.json and popt_best/provenance.json), which the
+`neuroprobe` job's leak check reads.
+
+The paper variant is the default with `--config.total_steps=500000 --config.batch_size=256` and the
 published `model.*` sizes (hidden 512, 8 heads, FFN 2048, 6 layers), plus paper bookkeeping
 (eval batch 256, validation fraction 0.01, log/validate every 1000 steps).
 """
@@ -48,10 +54,13 @@ def model_config(size: str = "small") -> config_dict.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    """Args: arg: None (small default) or 'paper' (the published recipe)."""
-    if arg not in (None, "", "paper"):
-        raise ValueError(f"configs/pretrain.py takes no argument or ':paper', got {arg!r}")
-    paper = arg == "paper"
+    """Args: arg: None (small default), 'paper' (the published recipe) or 'neuroprobe' (the
+    published recipe on Neuroprobe's allowed sessions only)."""
+    if arg not in (None, "", "paper", "neuroprobe"):
+        raise ValueError("configs/pretrain.py takes no argument, ':paper' or ':neuroprobe', "
+                         f"got {arg!r}")
+    neuroprobe = arg == "neuroprobe"
+    paper = arg in ("paper", "neuroprobe")
     config = config_dict.ConfigDict()
     config.job = "pretrain"  # popt_jax.main dispatches on this
     config.workdir = ""  # output folder; --workdir wins; empty = runs/pretrain
@@ -83,6 +92,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # excluded) unless allow_held_out is True.
     config.data.held_out_trials = "test_trials"
     config.data.allow_held_out = False
+    if neuroprobe:  # leak-free for Neuroprobe: SUBMIT.md's allowed sessions, its 12 held out
+        config.data.trials = "neuroprobe_allowed_pretraining"
+        config.data.held_out_trials = "neuroprobe_lite_sessions"
+        config.default_inputs.extract = _load("extract_features").get_config("neuroprobe")
     # "time_blocked" (new experiments: no overlap leak) or "random" (upstream's 89/1/10
     # train_test_split; the paper variant). Saved in splits.json.
     config.data.split = "random" if paper else "time_blocked"

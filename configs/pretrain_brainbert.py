@@ -16,6 +16,13 @@ The paper recipe (upstream README + conf/exp/spec2vec.yaml: published architectu
         --config.data.selection=/data/braintreebank/electrode_selections/clean_laplacian.json \\
         --config.data.trials=/data/pretrain_split_trials.json --config.compute_dtype=bfloat16
 
+`:neuroprobe` is the paper recipe on the sessions Neuroprobe allows pretraining on (SUBMIT.md,
+packaged as `neuroprobe_allowed_pretraining`); the run records them (`trained_on` in
+results.json and brainbert_best/provenance.json) for the `neuroprobe` job's leak check:
+
+    python -m popt_jax.main --config configs/pretrain_brainbert.py:neuroprobe --workdir runs/bb_np \
+        --config.data.root=/data/braintreebank --config.compute_dtype=bfloat16
+
 `:tiny` is a seconds-long variant for tests.
 """
 
@@ -25,10 +32,12 @@ from popt_jax.core.config_lib import load_sibling_config
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    """Args: arg: None (small synthetic default), 'paper' (upstream recipe) or 'tiny'."""
-    if arg not in (None, "", "paper", "tiny"):
-        raise ValueError(f"configs/pretrain_brainbert.py takes '', ':paper' or ':tiny', got {arg!r}")
-    paper, tiny = arg == "paper", arg == "tiny"
+    """Args: arg: None (small synthetic default), 'paper' (upstream recipe), 'neuroprobe'
+    (upstream recipe on Neuroprobe's allowed sessions only) or 'tiny'."""
+    if arg not in (None, "", "paper", "neuroprobe", "tiny"):
+        raise ValueError("configs/pretrain_brainbert.py takes '', ':paper', ':neuroprobe' or "
+                         f"':tiny', got {arg!r}")
+    paper, tiny = arg in ("paper", "neuroprobe"), arg == "tiny"
     extract = load_sibling_config(__file__, "extract_features").get_config()
     config = config_dict.ConfigDict()
     config.job = "pretrain_brainbert"  # popt_jax.main dispatches on this
@@ -39,7 +48,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data = config_dict.ConfigDict()
     config.data.root = ""  # Brain Treebank root; empty = synthetic tree in {workdir}
     config.data.selection = ""  # electrode JSON {subject: [names]}; empty = root's clean_laplacian
-    config.data.trials = ""  # trial JSON {subject: [trials]} (upstream pretrain_split_trials)
+    # trials: packaged name(s) or JSON path(s) {subject: [trials]}, comma-separated (their
+    # union); empty = every trial of the root. Upstream: its pretrain_split_trials.
+    config.data.trials = ""
+    if arg == "neuroprobe":  # SUBMIT.md's allowed sessions: no Neuroprobe evaluation session
+        config.data.trials = "neuroprobe_allowed_pretraining"
     config.data.subjects = ()  # restrict to these subjects; empty = all in `trials`
     config.data.synthetic = extract.data.synthetic  # synthetic tree (extract_features' fields)
     config.data.synthetic.duration_s = 40.0 if tiny else 300.0  # seconds per recording

@@ -53,7 +53,7 @@ from popt_jax.core.logs import Logs
 from popt_jax.core.nn import cast_floats
 from popt_jax.errors import DataError, TrainingError
 from popt_jax.ieeg import brainbert_data as bd
-from popt_jax.ieeg import masking, optim
+from popt_jax.ieeg import masking, optim, provenance, selections
 from popt_jax.ieeg.brainbert import BrainBERT, BrainBERTConfig
 
 CHECKPOINT_FORMAT = "popt_jax.brainbert_pretrain/1"
@@ -277,24 +277,15 @@ def model_config_from(cfg) -> BrainBERTConfig:
 
 def _resolve_data(config, workdir: Path) -> tuple[Path, dict, dict]:
     """(root, selection, trials) from config.data (synthetic tree when no root)."""
-    import json
-
     from popt_jax.ieeg.braintreebank import BrainTreebank, load_selection, subject_id
     from popt_jax.ieeg.extract import synthetic_root
 
     d = config.data
     root = Path(d.root) if d.root else synthetic_root(config, workdir)
     sel_path = d.selection or (root / "electrode_selections" / "clean_laplacian.json")
-    selection = load_selection(sel_path)
-    if d.trials:
-        try:
-            trials = json.loads(Path(d.trials).read_text())
-        except FileNotFoundError:
-            raise DataError(d.trials, "trial selection file not found") from None
-        except (OSError, ValueError) as err:
-            raise DataError(d.trials, f"cannot read trial selection JSON ({err})") from None
-        if not isinstance(trials, dict):
-            raise DataError(d.trials, "expected a JSON object {subject: [trials]}")
+    selection = load_selection(selections.resolve(sel_path))
+    if d.trials:  # packaged name(s) or JSON path(s), comma-separated: their union
+        trials = selections.union_trials(d.trials) or {}
     else:
         bt = BrainTreebank(root)
         trials = {s: bt.trials(s) for s in bt.subjects()}
@@ -418,7 +409,9 @@ def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
                    "train_seconds": round(state.train_seconds, 3), "history": history,
                    "store": str(store), "splits": {k: len(v) for k, v in sources.items()},
                    "model": dataclasses.asdict(model_cfg), "mask": dataclasses.asdict(mask_cfg),
-                   "workdir": str(workdir.absolute()), "config": config.to_dict()}
+                   "workdir": str(workdir.absolute()), "config": config.to_dict(),
+                   # the sessions the weights saw (a fresh model on this store's trials)
+                   **provenance.record(provenance.sessions_of_trials(trials))}
         _export(workdir, parts, best_params, first, results)
         return results
     finally:
@@ -437,5 +430,7 @@ def _export(workdir: Path, parts: steps.ModelParts, best_params, first, results:
     export = workdir / "brainbert_best" / "model.safetensors"
     convert.export_safetensors(best_model, str(export))
     results["export"] = str(export)
+    provenance.write_provenance(export.parent, {k: results[k] for k in
+                                                ("trained_on", "complete", "sources")})
     _plot(first, workdir / "reconstruction.png")
     atomic_json(workdir / "results.json", results)

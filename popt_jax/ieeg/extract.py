@@ -32,7 +32,7 @@ from flax import nnx
 from popt_jax.core.jsonio import atomic_json
 from popt_jax.core.logs import Progress
 from popt_jax.errors import DataError
-from popt_jax.ieeg import brainbert, feature_store
+from popt_jax.ieeg import brainbert, feature_store, provenance, selections
 from popt_jax.ieeg import preprocess as pp
 from popt_jax.ieeg.braintreebank import (
     BrainTreebank,
@@ -428,6 +428,24 @@ def _pretrain_cap(config) -> int | None:
     return int(cap) if int(cap) > 0 else 2**62
 
 
+def store_provenance(config, paths: Sequence[Path]) -> dict[str, Any]:
+    """The store's record: the sessions its files hold (``sessions``) and the ``trained_on``
+    of the BrainBERT that embedded them (random weights: none; a checkpoint without a
+    record: incomplete, see `popt_jax.ieeg.provenance`)."""
+    path = config.get("brainbert_checkpoint") or ""
+    inherited = provenance.NONE
+    if path:
+        found = provenance.read_provenance(path)
+        inherited = found[0] if found else None
+        if found is None:
+            logging.warning("%s has no record of its training sessions (provenance.json); the "
+                            "feature store's record is marked incomplete", path)
+    rec = provenance.merge([], inherited, path or "random weights", "brainbert_checkpoint")
+    held = selections.trials_of_files(paths)
+    rec["sessions"] = provenance.sessions_of_trials(held)
+    return rec
+
+
 def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     """The ``extract_features`` job: features of ``config.data`` into ``{workdir}/features``.
 
@@ -437,7 +455,6 @@ def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    from popt_jax.ieeg import selections
 
     if config.data.root:
         root = Path(config.data.root)
@@ -470,6 +487,8 @@ def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
         progress_every_s=config.get("progress_every_s", 5.0),
         max_pretrain_windows=_pretrain_cap(config), trials=trials)
     seconds = time.perf_counter() - t0
+    prov = store_provenance(config, paths)
+    provenance.write_provenance(out_dir, prov)
     windows: dict[str, int] = {}
     electrodes: dict[str, int] = {}
     for p in paths:
@@ -482,6 +501,9 @@ def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
         "windows": windows, "electrodes": electrodes, "seconds": round(seconds, 3),
         "computed_windows": counts["computed_windows"],
         "skipped_files": counts["skipped_files"],
+        # which sessions the store holds, and what its BrainBERT was trained on
+        "sessions": prov["sessions"], "trained_on": prov["trained_on"],
+        "complete": prov["complete"],
         "windows_per_s": round(counts["computed_windows"] / seconds, 3),
         "electrode_windows_per_s": round(counts["computed_electrode_windows"] / seconds, 3),
         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),

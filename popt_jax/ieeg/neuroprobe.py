@@ -18,7 +18,9 @@ Models (``config.model``), each followed by Neuroprobe's linear read-out (standa
   75 % overlap, centred, 0-150 Hz) -- the leaderboard's "Laplacian + STFT" baseline;
 * ``linear_raw``: the raw voltage of the window;
 * ``brainbert_linear``: frozen BrainBERT per electrode, mean of the centre frames;
-* ``popt_linear``: the CLS state of a PopT over those BrainBERT embeddings.
+* ``popt_linear``: the CLS state of a PopT over those BrainBERT embeddings;
+* ``popt_finetune``: instead of the linear read-out, a PopT (``popt_checkpoint``) fine-tuned
+  on each fold's training windows over those embeddings (`neuroprobe_finetune`).
 
 Windows shorter than BrainBERT's 5 s: by default (``context="none"``, the rule-compliant
 choice: only the benchmark's 1 s window is used) BrainBERT sees the spectrogram of the 1 s
@@ -32,11 +34,18 @@ with ``metadata.json``, ``PUBLICATION.bib`` and an unsigned ``ATTESTATION.txt`` 
 plus ``summary.csv``/``summary.json`` and ``summary.png`` (tasks x splits, with published
 leaderboard numbers beside yours).
 
-Leak check: Neuroprobe forbids pretraining on its evaluation sessions. Every model input names
-the sessions it was trained on (``trained_on`` in a checkpoint's ``provenance.json`` or
-``results.json``); the job refuses to write a submission when any of them is an evaluation
-session unless ``config.leak_override`` gives a reason, which is then written into
-``metadata.json``'s description.
+Leak check: Neuroprobe forbids pretraining on its evaluation sessions. Every popt_jax training
+job records the sessions its weights saw, transitively (``trained_on`` in ``results.json`` and
+``provenance.json`` beside its export; `popt_jax.ieeg.provenance`), and the job reads that
+record for ``brainbert_checkpoint`` and ``popt_checkpoint``. It refuses to write a submission
+(one ``error:`` line naming the overlapping sessions, exit 2, nothing written) when any of them
+is an evaluation session, and likewise when a checkpoint has no complete record: converted
+upstream weights have none, and the published BrainBERT and PopT were pretrained on Brain
+Treebank sessions that include Neuroprobe's evaluation sessions (e.g. PopT's
+`pretrain_split_trials` holds 7 of the 12: btbank1_2, btbank2_0, btbank2_4, btbank3_1,
+btbank4_1, btbank7_1, btbank10_1). ``config.leak_override`` (a reason) writes the submission anyway, with the
+reason and the problems in ``metadata.json``'s description; the ATTESTATION stays unsigned.
+Leak-free weights come from the ``:neuroprobe`` pretraining recipes.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ from absl import logging
 
 from popt_jax.core.jsonio import atomic_json
 from popt_jax.errors import DataError, TrainingError, UserError
+from popt_jax.ieeg import provenance
 from popt_jax.ieeg.braintreebank import BrainTreebank, split_electrode_name
 
 TASKS = ("onset", "speech", "volume", "delta_volume", "pitch", "word_index", "word_gap",
@@ -63,7 +73,7 @@ TASKS = ("onset", "speech", "volume", "delta_volume", "pitch", "word_index", "wo
          "local_flow", "frame_brightness", "face_num")
 SPLITS = {"within_session": "Within-Session", "cross_session": "Cross-Session",
           "cross_subject": "Cross-Subject"}
-MODELS = ("linear_stft", "linear_raw", "brainbert_linear", "popt_linear")
+MODELS = ("linear_stft", "linear_raw", "brainbert_linear", "popt_linear", "popt_finetune")
 # SUBMIT.md, "Pretraining guidelines": the sessions pretraining may use.
 ALLOWED_PRETRAINING = ("btbank1_0", "btbank2_1", "btbank2_2", "btbank2_3", "btbank2_5",
                        "btbank2_6", "btbank3_2", "btbank4_2", "btbank5_0", "btbank6_0",
@@ -95,6 +105,7 @@ _BIB = {
 """,
 }
 _BIB["linear_raw"] = _BIB["linear_stft"]
+_BIB["popt_finetune"] = _BIB["popt_linear"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +291,7 @@ def make_featurizer(config, bt: BrainTreebank):
                                              float(st.min_freq))), True
     if model == "linear_raw":
         return (lambda w, names, _: w.astype(np.float32)), True
-    if model not in ("brainbert_linear", "popt_linear"):
+    if model not in ("brainbert_linear", "popt_linear", "popt_finetune"):
         raise UserError(f"config.model: {model!r} is not one of {', '.join(MODELS)}")
     from popt_jax.ieeg import brainbert as bb_lib
     from popt_jax.ieeg import preprocess as pp
@@ -293,6 +304,8 @@ def make_featurizer(config, bt: BrainTreebank):
 
     if model == "brainbert_linear":
         return embed, True
+    if model == "popt_finetune":  # tokens for the per-fold fine-tuning (neuroprobe_finetune)
+        return embed, False
     popt = _load_popt(config)
 
     def popt_cls(w, names, session):
@@ -336,57 +349,53 @@ def _load_popt(config):
 
 
 def trained_sessions(path: str | os.PathLike) -> list[str] | None:
-    """Sessions (``btbankS_T``) a checkpoint was (pre)trained on, from its provenance, or None.
-
-    Looks for ``provenance.json`` or ``results.json`` with a ``trained_on`` list in the
-    checkpoint's folder (or the folder itself, or its parent: a run's workdir).
-    """
-    p = Path(path)
-    folders = [p] if p.is_dir() else [p.parent]
-    folders.append(folders[0].parent)
-    for folder in folders:
-        for name in ("provenance.json", "results.json"):
-            f = folder / name
-            if f.is_file():
-                try:
-                    found = json.loads(f.read_text()).get("trained_on")
-                except (OSError, ValueError, AttributeError):
-                    continue
-                if isinstance(found, list):
-                    return [str(s) for s in found]
-    return None
-
-
-def session_name(subject, trial) -> str:
-    s = str(subject).replace("sub_", "").replace("btbank", "")
-    t = str(trial).replace("trial", "")
-    return f"btbank{int(s)}_{int(t)}"
+    """Sessions (``btbankS_T``) a checkpoint was (pre)trained on, or None without a complete
+    record (`popt_jax.ieeg.provenance.read_provenance`)."""
+    found = provenance.read_provenance(path)
+    return found[0]["trained_on"] if found and found[0]["complete"] else None
 
 
 def leak_check(config, eval_sessions: Sequence[str]) -> str:
-    """'' when no model input saw an evaluation session; else the override text (or raise)."""
+    """'' when no model input saw an evaluation session; else the override text (or raise).
+
+    Inputs are the checkpoints the model is built from (`brainbert_checkpoint`,
+    `popt_checkpoint`); their record is the ``trained_on`` their training job wrote
+    (`popt_jax.ieeg.provenance`). A checkpoint without a complete record -- converted
+    upstream weights, or one built on such weights -- is refused like a leaking one: the
+    published BrainBERT and PopT were pretrained on Brain Treebank sessions that include
+    Neuroprobe's evaluation sessions. `config.leak_override` (a reason) writes the submission
+    anyway, with the reason and the problems in metadata.json's description.
+    """
     inputs = [("brainbert_checkpoint", config.get("brainbert_checkpoint")),
               ("popt_checkpoint", config.get("popt_checkpoint"))]
     problems = []
     for field, path in inputs:
         if not path:
             continue
-        seen = trained_sessions(path)
-        if seen is None:
-            problems.append(f"{field} {path}: no record of its training sessions "
-                            "(provenance.json with 'trained_on')")
+        found = provenance.read_provenance(path)
+        if found is None:
+            problems.append(f"{field} {path} has no record of its training sessions (no "
+                            "provenance.json or results.json with 'trained_on'; e.g. converted "
+                            "upstream weights, which were pretrained on Brain Treebank sessions "
+                            "Neuroprobe evaluates)")
             continue
-        overlap = sorted(set(seen) & set(eval_sessions))
+        rec, source = found
+        overlap = sorted(set(rec["trained_on"]) & set(eval_sessions))
         if overlap:
             problems.append(f"{field} {path} was trained on evaluation session(s) "
-                            f"{', '.join(overlap)}")
+                            f"{', '.join(overlap)} (per {source})")
+        elif not rec["complete"]:
+            unknown = [k for k, v in rec["sources"].items() if v.get("trained_on") is None]
+            problems.append(f"{field} {path}: incomplete record in {source} (built on "
+                            f"{', '.join(unknown) or 'inputs'} without a record)")
     if not problems:
         return ""
     override = str(config.get("leak_override") or "")
     if not override:
         raise TrainingError("neuroprobe leak check: " + "; ".join(problems) + ". Neuroprobe "
                             "forbids pretraining on its evaluation sessions; nothing was "
-                            "written. Set config.leak_override to a reason to write anyway")
+                            "written. To submit anyway, pass --config.leak_override='<reason>' "
+                            "(written into metadata.json's description)")
     logging.warning("leak check overridden (%s): %s", override, "; ".join(problems))
     return f" Leak check overridden: {override} ({'; '.join(problems)})."
 
@@ -444,7 +453,9 @@ class _Features:
 
 
 def evaluate_fold(fold: dict, feats: _Features, bt: BrainTreebank, per_electrode: bool,
-                  split: str, seed: int) -> dict[str, float]:
+                  split: str, seed: int, readout=None) -> dict[str, float]:
+    """One fold's fields; `readout(x_tr, y_tr, x_te, y_te, fold)` replaces the linear
+    read-out (PopT fine-tuning)."""
     x_tr = feats.get(fold["train_session"], fold["train_electrodes"], fold["train"][0])
     x_te = feats.get(fold["test_session"], fold["test_electrodes"], fold["test"][0])
     if per_electrode and split == "cross_subject":
@@ -455,6 +466,8 @@ def evaluate_fold(fold: dict, feats: _Features, bt: BrainTreebank, per_electrode
             raise DataError(bt.root, f"cross-subject: btbank{fold['train_session'][0]} and "
                             f"btbank{fold['test_session'][0]} share no brain region")
         x_tr, x_te = region_average(x_tr, r_tr, common), region_average(x_te, r_te, common)
+    if readout is not None:
+        return readout(x_tr, fold["train"][1], x_te, fold["test"][1], fold)
     return linear_readout(x_tr, fold["train"][1], x_te, fold["test"][1], seed)
 
 
@@ -463,6 +476,11 @@ def run_evaluations(config, nprobe: Neuroprobe, bt: BrainTreebank) -> dict[str, 
     nano = str(config.subset) == "nano"
     featurize, per_electrode = make_featurizer(config, bt)
     feats = _Features(bt, featurize)
+    readout = None
+    if str(config.model) == "popt_finetune":
+        from popt_jax.ieeg.neuroprobe_finetune import fold_readout
+
+        readout = fold_readout(config, bt)
     plan = []
     for split in _splits(config, nano):
         for sid, tid in nprobe.sessions(nano):
@@ -475,7 +493,9 @@ def run_evaluations(config, nprobe: Neuroprobe, bt: BrainTreebank) -> dict[str, 
     t0 = time.perf_counter()
     for i, (split, sid, tid, task) in enumerate(plan):
         folds = nprobe.folds(split, sid, tid, task, nano)
-        scores = [evaluate_fold(f, feats, bt, per_electrode, split, int(config.seed))
+        for k, fold in enumerate(folds):  # names the fold (seeds the per-fold fine-tuning)
+            fold["name"] = f"{split}/btbank{sid}_{tid}/{task}/{k}"
+        scores = [evaluate_fold(f, feats, bt, per_electrode, split, int(config.seed), readout)
                   for f in folds]
         results.setdefault(split, {}).setdefault(task, {})[f"btbank{sid}_{tid}"] = scores
         done = i + 1

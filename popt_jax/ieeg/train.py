@@ -57,7 +57,16 @@ from popt_jax.core.logs import Logs
 from popt_jax.core.metrics import compute_metrics
 from popt_jax.core.overview import parameter_overview
 from popt_jax.errors import TrainingError
-from popt_jax.ieeg import convert, defaults, objectives, optim, recipe, selections, variants
+from popt_jax.ieeg import (
+    convert,
+    defaults,
+    objectives,
+    optim,
+    provenance,
+    recipe,
+    selections,
+    variants,
+)
 from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN, REGRESSION
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
@@ -213,7 +222,8 @@ def evaluate(task: str, eval_step, params, batches: Iterable[dict[str, np.ndarra
 
 def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: TaskData,
                        init_params: nnx.State | None = None,
-                       popt_cfg: PopTConfig | None = None) -> dict[str, Any]:
+                       popt_cfg: PopTConfig | None = None,
+                       trained_on: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains `task` on `data` in `workdir` (resuming if it holds checkpoints) and tests.
 
     Args:
@@ -223,6 +233,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
       data: a `TaskData`.
       init_params: fine-tuning only, the pretrained PopT body's params (nnx.Param state).
       popt_cfg: the PopT architecture; default from `config.model` and `data.input_dim`.
+      trained_on: the sessions the weights saw (`popt_jax.ieeg.provenance` record), written
+        into results.json and beside the export; None = not recorded.
 
     Returns:
       The `results.json` content.
@@ -266,10 +278,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, task: str, data: T
             "model": dataclasses.asdict(popt_cfg), "workdir": str(workdir.absolute()),
             "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
             "best_rule": ckpts.best_reason,  # how best_step was chosen
+            **(trained_on or {}),
             **{k: np.asarray(v).tolist() for k, v in extras.items()}}
         if task == PRETRAIN and jax.process_index() == 0:
             _export(nnx.merge(parts.graphdef, jax.device_get(best_params), parts.rngs,
                               parts.consts), workdir / "popt_best" / "model.safetensors")
+            if trained_on is not None:
+                provenance.write_provenance(workdir / "popt_best", trained_on)
         loop.write_results(workdir, results)
         return results
     finally:
@@ -387,6 +402,8 @@ class StoreData:
         first = self.sources["train"][0]
         self.input_dim = int(np.shape(first["a" if task == PRETRAIN else "x"])[-1])
         self.sizes = {k: len(v) for k, v in self.sources.items()}
+        self.sessions = provenance.sessions_of_trials(selections.trials_of_files(
+            {p for src in self.sources.values() for p in _paths(src)}))
         logging.info("%s data from %s: %s examples", task, store,
                      {k: len(v) for k, v in self.sources.items()})
 
@@ -411,6 +428,27 @@ class StoreData:
             yield last
         for _ in range(n_batches):
             yield {**last, "valid": np.zeros_like(last["valid"])}
+
+
+def _paths(src) -> list:
+    """The feature files a source (or a concatenation / subset of sources) reads."""
+    if hasattr(src, "paths"):
+        return list(src.paths)
+    if hasattr(src, "sources"):
+        return [p for part in src.sources for p in _paths(part)]
+    return _paths(src.source) if hasattr(src, "source") else []
+
+
+def run_provenance(data: "StoreData", inherited_from: str | os.PathLike,
+                   what: str) -> dict[str, Any]:
+    """The provenance record of a run on `data` built on `inherited_from` (a feature store
+    for pretraining, an initial checkpoint for fine-tuning): `popt_jax.ieeg.provenance`."""
+    found = provenance.read_provenance(inherited_from)
+    if found is None:
+        logging.warning("%s %s has no record of its training sessions; this run's "
+                        "provenance is marked incomplete", what, inherited_from)
+    return provenance.merge(data.sessions, found[0] if found else None, str(inherited_from),
+                            what)
 
 
 def split_file(config, workdir: Path) -> Path:
@@ -445,7 +483,8 @@ def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir = Path(workdir)
     inputs = defaults.prepare_default_inputs(config, workdir)
     data = StoreData(config, inputs.features_dir, PRETRAIN, split_file(config, workdir))
-    results = train_and_evaluate(config, workdir, task=PRETRAIN, data=data)
+    results = train_and_evaluate(config, workdir, task=PRETRAIN, data=data,
+                                 trained_on=run_provenance(data, inputs.features_dir, "features"))
     report_pretraining(results)
     return results
 
@@ -476,14 +515,25 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
         logging.info("random_init: the PopT body starts from its random initialisation")
         popt_cfg = variants.override_position_encoding(
             popt_config_from(config.model, data.input_dim), position_encoding)
-        return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg)
+        return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg,
+                                  trained_on=run_provenance(data, inputs.features_dir, "features"))
     popt_cfg, params = load_init(inputs.init_checkpoint)
     popt_cfg = variants.override_position_encoding(popt_cfg, position_encoding)
     results = train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
-                                 popt_cfg=popt_cfg)
+                                 popt_cfg=popt_cfg, trained_on=finetune_trained_on(
+                                     data, inputs.features_dir, inputs.init_checkpoint))
     if kind == FINETUNE and "test" in results and config.get("linear_baseline", True):
         add_linear_baseline(results, data, workdir)
     return results
+
+
+def finetune_trained_on(data: StoreData, features: Path, init: Path) -> dict[str, Any]:
+    """Fine-tuning's record: its own sessions + the store's BrainBERT + the initialisation."""
+    rec = run_provenance(data, features, "features")
+    init_rec = run_provenance(data, init, "init_checkpoint")
+    return provenance.record(rec["trained_on"] + init_rec["trained_on"],
+                             complete=rec["complete"] and init_rec["complete"],
+                             sources={**rec["sources"], **init_rec["sources"]})
 
 
 def add_linear_baseline(results: dict[str, Any], data: StoreData, workdir: Path) -> None:

@@ -42,6 +42,9 @@ PACKAGED = {
     "test_trials": DATA_DIR / "test_trials.json",
     "clean_laplacian": DATA_DIR / "clean_laplacian.json",
     "brainbert_corrupted_elec": DATA_DIR / "brainbert_corrupted_elec.json",
+    # Neuroprobe (SUBMIT.md): the sessions pretraining may use, and its 12 evaluation sessions
+    "neuroprobe_allowed_pretraining": DATA_DIR / "neuroprobe_allowed_pretraining.json",
+    "neuroprobe_lite_sessions": DATA_DIR / "neuroprobe_lite_sessions.json",
 }
 
 Trials = dict[str, list[str]]
