@@ -178,7 +178,8 @@ def _validate(config) -> None:
     ("pretrain_brainbert", "tiny"), ("neuroprobe", None), ("neuroprobe", "tiny"),
     ("harness", None), ("harness", "paper"), ("harness", "tiny"), ("embed", None),
     ("predict", None), ("extract_recordings", None), ("brain_encoder_ensemble", None),
-    ("predict_images", None)])
+    ("predict_images", None), ("pretrain", "neuroprobe"), ("pretrain_brainbert", "neuroprobe"),
+    ("extract_features", "neuroprobe")])
 def test_shipped_configs_validate(name, arg, tmp_path):
     config = _config(name, arg)
     _give_recording_inputs(config, tmp_path)
