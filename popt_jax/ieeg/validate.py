@@ -98,6 +98,7 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
     c.choice("optimizer", ("lamb", "adamw"))
     c.choice("compute_dtype", ("float32", "bfloat16"))
     c.choice("rng_impl", ("rbg", "unsafe_rbg", "threefry2x32"))
+    c.choice("position_code", ("table", "continuous"))  # coords.POSITION_CODES
     d = "data."
     c.choice(d + "split", ("time_blocked", "random"))
     c.fraction(d + "val_fraction")
