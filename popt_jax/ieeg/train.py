@@ -476,17 +476,19 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     inputs = defaults.prepare_default_inputs(config, workdir,
                                              pretrained=not config.get("random_init", False))
     kind = variants.finetune_kind(str(config.task))
+    random_init = bool(config.get("random_init", False))
+    if not random_init:  # refuse a checkpoint of the other position code before any work
+        popt_cfg, params = load_init(inputs.init_checkpoint)
+        check_position_code(popt_cfg.position_code, position_code_of(config),
+                            inputs.init_checkpoint)
     data = StoreData(config, inputs.features_dir, kind, split_file(config, workdir))
     position_encoding = str(config.get("position_encoding", "") or "")
-    if config.get("random_init", False):  # upstream model.random_init: no weights loaded
+    if random_init:  # upstream model.random_init: no weights loaded
         logging.info("random_init: the PopT body starts from its random initialisation")
         popt_cfg = variants.override_position_encoding(
             popt_config_from(config.model, data.input_dim), position_encoding)
         popt_cfg = dataclasses.replace(popt_cfg, position_code=position_code_of(config))
         return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg)
-    popt_cfg, params = load_init(inputs.init_checkpoint)
-    check_position_code(popt_cfg.position_code, position_code_of(config),
-                        inputs.init_checkpoint)
     popt_cfg = variants.override_position_encoding(popt_cfg, position_encoding)
     results = train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
                                  popt_cfg=popt_cfg)
