@@ -25,7 +25,8 @@ The feature store (`popt_jax.features`) holds one HDF5 file per subject-trial. H
 Batches are dicts of numpy arrays: ``x`` [B, n, D] float32, ``pad_mask`` [B, n] (True =
 padding), ``coords`` [B, n, 3] int32 (truncated toward zero; with
 ``position_code="continuous"``: float32 real-valued positions, the store's ``positions``),
-``seq_id`` [B, n] int32, ``valid`` [B] (False for rows padding a short last eval batch), ``index`` [B] example ids, and
+``seq_id`` [B, n] int32, ``valid`` [B] (False for rows padding a short last eval batch),
+``index`` [B] example ids, and
 ``cls_label`` [B] + ``token_label`` [B, n] (pretraining: 1 replaced, 2 kept, 0 unused) or
 ``label`` [B] (fine-tuning). The CLS row is not in ``x``: `models.PopT` prepends it.
 
