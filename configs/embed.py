@@ -96,7 +96,9 @@ def get_config(arg=None) -> config_dict.ConfigDict:
     config.popt.n_heads = 2  # 8
     config.popt.ff_dim = 128  # 2048
     config.popt.n_layers = 2  # 6
-    config.popt.position_code = "table"  # table (upstream) | continuous
+    # PopT's spatial code (as in configs/pretrain.py): table (upstream) | continuous; must be
+    # the popt_checkpoint's (refused otherwise); with random weights it picks the code.
+    config.position_code = "table"
     config.save_tokens = True  # also store PopT's per-electrode hidden states
     if arg == "tiny":
         shrink(config)

@@ -24,6 +24,9 @@ def get_config(arg=None) -> config_dict.ConfigDict:
     embed.recording_sections(config)
     embed.model_sections(config)
     config.model_checkpoint = ""  # finetune workdir or fine-tuned checkpoint (required)
+    # PopT's spatial code (as in configs/pretrain.py): table | continuous; must be the one
+    # model_checkpoint was fine-tuned with (refused otherwise).
+    config.position_code = "table"
     config.threshold = 0.5  # line drawn on the timeline; fraction above it is reported
     if arg == "tiny":
         embed.shrink(config)

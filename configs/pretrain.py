@@ -118,6 +118,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.order = "upstream" if paper else "shuffle"
 
     config.model = model_config("paper" if paper else "small")
+    # PopT's spatial code, shared by pretrain, finetune, embed and predict: "table" (upstream:
+    # integer (L, I, P) rows of the sinusoid table) or "continuous" (the same sinusoids at
+    # the store's real-valued positions; sub-millimetre differences count). A checkpoint
+    # is only fine-tuned / applied with the code it was trained with.
+    config.position_code = "table"
     config.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 parameters
     # Training steps run the per-token layers on real tokens only (models.TokenPacking): same
     # loss and gradients, ~1.5x fewer FLOPs on pretraining batches; each distinct packed

@@ -46,6 +46,7 @@ from flax import nnx
 from popt_jax.core.jsonio import atomic_json
 from popt_jax.errors import UserError
 from popt_jax.ieeg import brainbert, frontend
+from popt_jax.ieeg.coords import check_position_code, position_code_of
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 from popt_jax.ieeg.recording_store import Rate, check_length, frontend_config_from
 
@@ -112,15 +113,17 @@ def _popt_from_config(config, input_dim: int) -> tuple[PopT, str]:
     """The PopT of ``config.popt_checkpoint`` (pretraining workdir or converted file), or
     seeded random weights with the ``config.popt`` architecture (logged loudly)."""
     path = config.get("popt_checkpoint") or ""
+    code = position_code_of(config)
     if path:
         from popt_jax.ieeg.train import load_init
 
         cfg, params = load_init(path)
+        check_position_code(cfg.position_code, code, path)
         model = PopT(cfg, rngs=nnx.Rngs(0))
         nnx.update(model, params)
         tag = str(path)
     else:
-        cfg = PopTConfig(input_dim=input_dim, **dict(config.popt))
+        cfg = PopTConfig(input_dim=input_dim, **dict(config.popt), position_code=code)
         logging.warning("PopT has RANDOM weights (seed %d): no popt_checkpoint given; fine "
                         "for plumbing, not for results", config.seed)
         model, tag = PopT(cfg, rngs=nnx.Rngs(config.seed)), f"random-seed-{config.seed}"
@@ -323,6 +326,8 @@ def predict_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = frontend_config_from(config)
     clf, tag = load_classifier(config.model_checkpoint)
+    check_position_code(clf.upstream.config.position_code, position_code_of(config),
+                        config.model_checkpoint)
     recs = open_recordings(config.data)
     bb, bb_hash = brainbert_from_config(config)
     if clf.upstream.config.input_dim != bb.config.hidden_dim:

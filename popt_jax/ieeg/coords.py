@@ -37,14 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from popt_jax.errors import DataError
+from popt_jax.errors import ConfigError, DataError
 
 __all__ = ["CoordMapping", "MM_PER_UNIT", "canonical_frame", "to_millimetres",
-           "BRAINTREEBANK_FRAME"]
+           "BRAINTREEBANK_FRAME", "POSITION_CODES", "position_code_of", "check_position_code"]
 
 # The Brain Treebank's own L/I/P columns: already index space (PopT truncates them).
 BRAINTREEBANK_FRAME = "BrainTreebank-LIP"
 MM_PER_UNIT = {"m": 1000.0, "cm": 10.0, "mm": 1.0}
+# PopT's spatial codes (`PopTConfig.position_code`): "table" looks integer rows up (upstream),
+# "continuous" evaluates the same sinusoids at the real-valued positions.
+POSITION_CODES = ("table", "continuous")
 # Named BIDS template/anatomical frames, all RAS millimetre spaces.
 _FRAMES = ("ACPC", "Talairach", "fsaverage", "fsaverageSym", "fsLR", "MNI305", "IXI549Space",
            "ICBM452AirSpace", "ICBM452Warp5Space")
@@ -148,3 +151,22 @@ class CoordMapping:
         off = (float(off),) * 3 if np.isscalar(off) else tuple(float(v) for v in off)
         return cls(frame=frame, offset=off, scale=float(cfg.get("scale", 1.0)),
                    axes=str(cfg.get("axes", "lip")), max_len=int(cfg.get("max_len", 5000)))
+
+
+def position_code_of(config) -> str:
+    """``config.position_code`` (absent: "table"), checked: the field shared by the
+    pretrain, finetune, embed and predict configs."""
+    code = str(config.get("position_code", "table") or "table")
+    if code not in POSITION_CODES:
+        raise ConfigError(f"config.position_code: {code!r} is not one of "
+                          f"{', '.join(POSITION_CODES)}")
+    return code
+
+
+def check_position_code(model_code: str, wanted: str, where: Any) -> None:
+    """ConfigError naming ``where`` when a model built with ``model_code`` is asked to run
+    with ``wanted``: a model reads positions only the way it was trained to."""
+    if model_code != wanted:
+        raise ConfigError(f"{where}: the model was trained with position_code={model_code!r} "
+                          f"but config.position_code is {wanted!r}; set "
+                          f"--config.position_code={model_code} (a model cannot switch codes)")

@@ -23,8 +23,10 @@ The feature store (`popt_jax.features`) holds one HDF5 file per subject-trial. H
   (mp_prefetch)``.
 
 Batches are dicts of numpy arrays: ``x`` [B, n, D] float32, ``pad_mask`` [B, n] (True =
-padding), ``coords`` [B, n, 3] int32 (truncated toward zero), ``seq_id`` [B, n] int32,
-``valid`` [B] (False for rows padding a short last eval batch), ``index`` [B] example ids, and
+padding), ``coords`` [B, n, 3] int32 (truncated toward zero; with
+``position_code="continuous"``: float32 real-valued positions, the store's ``positions``),
+``seq_id`` [B, n] int32, ``valid`` [B] (False for rows padding a short last eval batch),
+``index`` [B] example ids, and
 ``cls_label`` [B] + ``token_label`` [B, n] (pretraining: 1 replaced, 2 kept, 0 unused) or
 ``label`` [B] (fine-tuning). The CLS row is not in ``x``: `models.PopT` prepends it.
 
@@ -195,6 +197,23 @@ class FileInfo:
     window_samples: int
     pretrain_starts: np.ndarray
     tasks: dict[str, dict[str, np.ndarray]]  # task -> {"index", "labels", "starts"}
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def positions(self) -> np.ndarray:
+        """float64 [E, 3] real-valued positions (`feature_store.real_positions`)."""
+        from popt_jax.ieeg.feature_store import real_positions
+
+        return real_positions(self.meta, self.path)
+
+    def model_coords(self, rows: np.ndarray, position_code: str) -> np.ndarray:
+        """What the model reads for ``rows``: "table" -> the stored coords (float64, the
+        examples truncate them), "continuous" -> float64 real-valued positions."""
+        if position_code == "table":
+            return self.coords[rows]
+        if position_code != "continuous":
+            raise ValueError(f"position_code must be table or continuous, not "
+                             f"{position_code!r}")
+        return self.positions()[rows]
 
 
 class FeatureStore:
@@ -245,7 +264,9 @@ class FeatureStore:
         return FileInfo(path=str(path), subject=meta["subject"], trial=meta["trial"],
                         names=meta["electrode_names"], coords=meta["coords"],
                         window_samples=int(meta["window_samples"]), pretrain_starts=pre,
-                        tasks=tasks)
+                        tasks=tasks, meta={k: meta.get(k) for k in (
+                            "positions", "coords", "coord_mapping", "coord_frame")
+                            if k in meta})
 
     def selection_rows(self, selection: Mapping[str, Sequence[str]] | str | os.PathLike | None
                        ) -> list[np.ndarray]:
@@ -316,6 +337,8 @@ class PretrainConfig:
         time_blocks: blocks per recording for "time_blocked".
         keep_split_order: list a "random" split's examples in the order the split drew them
             (upstream's unshuffled epochs) rather than sorted.
+        position_code: "table" (upstream: coordinates truncated to int32 table rows) or
+            "continuous" (float32 real-valued positions for PopT's continuous code).
     """
 
     replace_p: float = 0.1
@@ -329,6 +352,7 @@ class PretrainConfig:
     split_seed: int = 42
     time_blocks: int = 5
     keep_split_order: bool = False
+    position_code: str = "table"
 
 
 def _replace(x: np.ndarray, alt: np.ndarray, p: float, rng: np.random.Generator
@@ -363,7 +387,8 @@ def make_pretrain_example(a: np.ndarray, b: np.ndarray, r: np.ndarray, coords: n
     into two halves (each sorted): half 1 read from A (seq id 0), half 2 from B (seq id 1).
     In each half a token is replaced with probability p/2 by the permuted R row of its
     electrode (label 1), else marked kept with probability p/2 (label 2), else 0.
-    Coordinates are the original electrode's (jittered if asked), truncated toward zero.
+    Coordinates are the original electrode's (jittered if asked), truncated toward zero
+    (``cfg.position_code="continuous"``: kept real-valued, float32).
     """
     e = a.shape[0]
     r_perm, order, k = _draw_subset(e, rng, cfg)
@@ -378,7 +403,8 @@ def make_pretrain_example(a: np.ndarray, b: np.ndarray, r: np.ndarray, coords: n
     rows = np.concatenate([s1, s2])
     return {
         "x": np.concatenate([x1, x2]).astype(np.float32, copy=False),
-        "coords": np.trunc(c[rows]).astype(np.int32),
+        "coords": (c[rows].astype(np.float32) if cfg.position_code == "continuous"
+                   else np.trunc(c[rows]).astype(np.int32)),
         "seq_id": np.repeat(np.asarray([0, 1], np.int32), [len(s1), len(s2)]),
         "token_label": np.concatenate([l1, l2]),
         "cls_label": np.int32(pair_label),
@@ -422,7 +448,8 @@ class PretrainSource:
         self.rows = store.selection_rows(selection)
         self._all_rows = [len(r) == len(fi.names) for fi, r in zip(store.files, self.rows,
                                                                     strict=True)]
-        self.coords = [fi.coords[r] for fi, r in zip(store.files, self.rows, strict=True)]
+        self.coords = [fi.model_coords(r, cfg.position_code)
+                       for fi, r in zip(store.files, self.rows, strict=True)]
         n_win = np.asarray([len(fi.pretrain_starts) for fi in store.files])
         # Upstream: one manifest row per window but the last of each recording.
         file_of = np.concatenate([np.full(max(n - 1, 0), i) for i, n in enumerate(n_win)])
@@ -527,6 +554,8 @@ class FinetuneSource:
         split_file: JSON file the split is saved to / reused from (checked against the
             settings); None = made in memory (it is deterministic).
         trials: restrict to these {subject: [trials]} (upstream: the held-out test trials).
+        position_code: "table" (int32 truncated coordinates, upstream) or "continuous"
+            (float32 real-valued positions).
     """
 
     def __init__(self, features_dir: str | os.PathLike, task: str, subject: int | str,
@@ -534,7 +563,8 @@ class FinetuneSource:
                  selection: Mapping[str, Sequence[str]] | str | None = None,
                  val_frac: float = 0.1, test_frac: float = 0.1, split_seed: int = 42,
                  time_blocks: int = 5, split_file: str | os.PathLike | None = None,
-                 trials: Mapping[str, Sequence[str]] | None = None):
+                 trials: Mapping[str, Sequence[str]] | None = None,
+                 position_code: str = "table"):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
         store = FeatureStore(features_dir, [subject], trials)
@@ -544,8 +574,12 @@ class FinetuneSource:
         self.task, self.split = task, split
         self.paths = [fi.path for fi in store.files]
         self.rows = store.selection_rows(selection)
-        self.coords = [np.trunc(fi.coords[r]).astype(np.int32)
-                       for fi, r in zip(store.files, self.rows, strict=True)]
+        if position_code == "continuous":
+            self.coords = [fi.model_coords(r, position_code).astype(np.float32)
+                           for fi, r in zip(store.files, self.rows, strict=True)]
+        else:
+            self.coords = [np.trunc(fi.model_coords(r, position_code)).astype(np.int32)
+                           for fi, r in zip(store.files, self.rows, strict=True)]
         file_of = np.concatenate([np.full(len(fi.tasks[task]["labels"]), i)
                                   for i, fi in enumerate(store.files)]).astype(np.int64)
         row_of = np.concatenate([fi.tasks[task]["index"] for fi in store.files])

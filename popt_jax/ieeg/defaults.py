@@ -58,9 +58,11 @@ def default_features(extract_config, workdir: Path) -> Path:
     return store
 
 
-def default_pretrained(pretrain_config, workdir: Path, store: Path) -> Path:
+def default_pretrained(pretrain_config, workdir: Path, store: Path,
+                       position_code: str | None = None) -> Path:
     """`{workdir}/pretrain`: a PopT pretraining run with `pretrain_config` on `store` (reused
-    when finished, resumed when interrupted)."""
+    when finished, resumed when interrupted); `position_code` (the fine-tuning run's) replaces
+    the config's, so the model it makes can be fine-tuned with that code."""
     from popt_jax.ieeg import train
 
     run = Path(workdir) / "pretrain"
@@ -71,6 +73,8 @@ def default_pretrained(pretrain_config, workdir: Path, store: Path) -> Path:
     with cfg.unlocked():
         cfg.features_dir = str(store)
         cfg.distributed = False  # the calling job has initialised it if wanted
+        if position_code is not None:
+            cfg.position_code = position_code
     logging.info("default inputs: no init_checkpoint given; pretraining PopT in %s", run)
     train.pretrain_job(cfg, run)
     return run
@@ -94,6 +98,7 @@ def prepare_default_inputs(config, workdir: Path, *, pretrained: bool = False
     init = None
     if pretrained:
         init = config.get("init_checkpoint") or ""
-        init = Path(init) if init else default_pretrained(config.default_inputs.pretrain,
-                                                          workdir, store)
+        init = Path(init) if init else default_pretrained(
+            config.default_inputs.pretrain, workdir, store,
+            position_code=config.get("position_code") or None)
     return DefaultInputs(store, init)

@@ -41,6 +41,7 @@ from popt_jax.ieeg.braintreebank import (
     subject_id,
     trial_id,
 )
+from popt_jax.ieeg.coords import BRAINTREEBANK_FRAME
 from popt_jax.ieeg.feature_store import (
     DEFAULT_TASKS,
     FINETUNE_TASKS,
@@ -186,12 +187,13 @@ def _write_trial(bt: BrainTreebank, model: brainbert.BrainBERT, subject: str, tr
                    compute_dtype=compute_dtype, chunk=chunk, progress=progress)
 
     t1 = time.perf_counter()
-    feature_store.write_file(path, {**attrs, "subject": subject, "trial": trial, "n_samples": n_samples,
-                       "window_samples": w, "hidden_dim": model.config.hidden_dim},
-                names, loc.lip, loc.regions,
-                pre_starts if "pretrain" in tasks else None,
-                {t: _task_table(ex, keep) for t, (ex, keep) in examples.items()}, fill,
-                storage_dtype)
+    feature_store.write_file(
+        path, {**attrs, "subject": subject, "trial": trial, "n_samples": n_samples,
+               "window_samples": w, "hidden_dim": model.config.hidden_dim,
+               "coord_frame": BRAINTREEBANK_FRAME},
+        names, loc.lip, loc.regions, pre_starts if "pretrain" in tasks else None,
+        {t: _task_table(ex, keep) for t, (ex, keep) in examples.items()}, fill, storage_dtype,
+        positions=loc.lip)  # the L/I/P columns, untruncated: the continuous code's input
     rate = total / max(time.perf_counter() - t1, 1e-9)
     logging.info("%s: wrote %s (%d windows, %.1f windows/s, %.0f electrode-windows/s)",
                  label, path.name, total, rate, rate * len(names))

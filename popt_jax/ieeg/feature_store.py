@@ -12,6 +12,12 @@ pretraining example). Here every subject-trial becomes ONE file, written by
               popt_jax_version
       electrode_names   [E] str, the token order (label order of the data layer)
       coords            [E, 3] float64 (L, I, P) as localized (PopT truncates them)
+      positions         [E, 3] float64 real-valued index-space positions, what PopT's
+                        continuous position code reads (Brain Treebank: the L/I/P columns
+                        untruncated; other recordings: `coords.CoordMapping.positions` of
+                        their millimetres); attr ``coord_frame`` names their frame
+      coords_mm         [E, 3] float64 RAS millimetres in ``coord_frame`` (recordings whose
+                        reader gives millimetres only)
       regions           [E] str, Desikan-Killiany
       pretrain/embeddings  [W, E, D] float32|float16   (5 s windows every 0.2 s)
       pretrain/starts      [W] int64 first sample of each window
@@ -109,6 +115,8 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
                 out[k] = json.loads(out[k])
             out["electrode_names"] = list(f["electrode_names"].asstr()[:])
             out["coords"] = f["coords"][:]
+            for k in ("positions", "coords_mm"):
+                out[k] = f[k][:] if k in f else None
             out["regions"] = list(f["regions"].asstr()[:])
             out["groups"] = {k: int(f[k]["labels"].shape[0] if "labels" in f[k]
                                     else f[k]["starts"].shape[0])
@@ -116,6 +124,21 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as err:
         raise DataError(path, f"cannot read feature file: {err}") from None
     return out
+
+
+def real_positions(meta: Mapping[str, Any], path: str | os.PathLike) -> np.ndarray:
+    """float64 [E, 3] real-valued positions of a file's electrodes (`read_attrs` output).
+
+    The ``positions`` dataset; a Brain Treebank file written before it existed stores the
+    untruncated L/I/P columns as ``coords``, which are those positions. A recording's file
+    without it holds rounded table rows only: DataError (re-extract it).
+    """
+    if meta.get("positions") is not None:
+        return np.asarray(meta["positions"], np.float64)
+    if "coord_mapping" not in meta:  # Brain Treebank layout: coords are the L/I/P columns
+        return np.asarray(meta["coords"], np.float64)
+    raise DataError(path, "holds rounded table rows but no real-valued positions (written "
+                    "before they were stored); re-extract it for position_code='continuous'")
 
 
 def task_arrays(f: h5py.File, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,13 +199,16 @@ def check_existing(path: Path, want: dict[str, Any]) -> None:
 
 def write_file(path: Path, attrs: Mapping[str, Any], names: Sequence[str], coords: np.ndarray,
                 regions: Sequence[str], pretrain_starts: np.ndarray | None,
-                tasks: Mapping[str, Mapping[str, Any]], fill, storage_dtype: str) -> None:
+                tasks: Mapping[str, Mapping[str, Any]], fill, storage_dtype: str, *,
+                positions: np.ndarray | None = None,
+                coords_mm: np.ndarray | None = None) -> None:
     """Write one feature file atomically (``path.tmp`` renamed when complete).
 
     ``tasks[t]`` holds labels/starts/word_rows/times (and ``upstream_task``); their windows are
     gathered, de-duplicated by start, into ``windows/``. ``fill(starts, sink)`` writes the
-    embeddings of ``starts`` into the [len(starts), E, D] dataset ``sink``. Any exception
-    removes the temporary file and propagates.
+    embeddings of ``starts`` into the [len(starts), E, D] dataset ``sink``. ``positions``
+    (real-valued index-space positions) and ``coords_mm`` (millimetres) are written when
+    given. Any exception removes the temporary file and propagates.
     """
     hidden = int(attrs["hidden_dim"])
     tmp = path.with_name(path.name + ".tmp")
@@ -196,6 +222,9 @@ def write_file(path: Path, attrs: Mapping[str, Any], names: Sequence[str], coord
             text = h5py.string_dtype()
             f.create_dataset("electrode_names", data=np.asarray(names, dtype=object), dtype=text)
             f.create_dataset("coords", data=np.asarray(coords, dtype=np.float64))
+            for key, value in (("positions", positions), ("coords_mm", coords_mm)):
+                if value is not None:
+                    f.create_dataset(key, data=np.asarray(value, np.float64).reshape(-1, 3))
             f.create_dataset("regions", data=np.asarray(regions, dtype=object), dtype=text)
             groups = []
             if pretrain_starts is not None:

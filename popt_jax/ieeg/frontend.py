@@ -14,7 +14,8 @@ models were trained on, in this order:
    reproduces the Brain Treebank path bit for bit. A lower rate (e.g. 1000 Hz) is upsampled:
    the content BrainBERT reads (its STFT keeps the lowest 40 rows, 0-200 Hz at 2048 Hz) is
    kept up to the FIR's passband ripple, and nothing above the file's Nyquist frequency is
-   invented; files below ~410 Hz cannot fill those rows and are refused. A higher rate is
+   invented; files below ~410 Hz cannot fill those rows and are refused (unless the model
+   rate is set to the file's own). A higher rate is
    low-passed at 1024 Hz before decimation;
 3. **notch** at the recording's power-line frequency (BIDS ``PowerLineFrequency``, MNE
    ``info['line_freq']``; 50 or 60 Hz) and its harmonics below both Nyquist frequencies,
@@ -268,10 +269,13 @@ def preprocess_recording(rec: Recording, plan: Plan, cfg: FrontEndConfig, *,
     """Model-rate, notched, re-referenced signals of ``plan.names`` over ``[start, stop)``.
 
     With ``start``/``stop`` (model-rate samples) the causal filters start at rest at
-    ``start - context`` (``context`` samples are filtered and then dropped). At the file's
-    own rate with no range this is exactly `preprocess.preprocess_trial` on the same data.
+    ``start - context`` (``context`` samples are filtered and then dropped). Channels are read
+    and filtered ``preprocess.chunk`` at a time (no whole-recording raw copy; upstream's
+    Laplacian reads each chunk's raw neighbours beside it and holds only the output). This
+    is the one signal path: `preprocess.preprocess_trial` (the Brain Treebank extraction)
+    runs it on a `BrainTreebankRecording` with the config's own notch frequencies.
     """
-    if rec.fs < MIN_SOURCE_FS:
+    if rec.fs < MIN_SOURCE_FS and rec.fs != cfg.preprocess.fs:  # upsampled from too low
         raise DataError(rec.path, f"sampling rate {rec.fs:g} Hz is below {MIN_SOURCE_FS:g} Hz:"
                         " BrainBERT's 0-200 Hz spectrogram cannot be filled")
     p = _notched(rec, cfg)
@@ -279,33 +283,43 @@ def preprocess_recording(rec: Recording, plan: Plan, cfg: FrontEndConfig, *,
     a = 0 if start is None else int(start)
     b = total if stop is None else int(stop)
     a0 = max(0, a - int(context))
-    raw = _read_model_rate(rec, plan.read, a0, b, p.fs)
-    row = {n: i for i, n in enumerate(plan.read)}
     step = max(1, p.chunk)
-    if cfg.rereference == "bipolar":
-        filt = np.empty_like(raw)
-        for i in range(0, len(raw), step):
-            filt[i:i + step] = pp.filter_channels(raw[i:i + step], p)
-        data = np.stack([filt[row[x]] - filt[row[y]] for x, y in plan.pairs]) \
-            if plan.pairs else filt[:0]
+
+    def read(names: Sequence[str]) -> np.ndarray:
+        return _read_model_rate(rec, list(names), a0, b, p.fs)
+
+    if cfg.rereference == "laplacian" and p.neighbour_filtering != "time":
+        # Upstream's Laplacian: the filtered contact minus a fixed mix of its raw neighbours.
+        data = np.empty((len(plan.names), b - a0), dtype=np.float64)
+        for i in range(0, len(plan.names), step):
+            rows = slice(i, i + step)
+            part = plan.pairs[rows]
+            data[rows] = pp.filter_channels(read(plan.names[rows]), p)
+            data[rows] -= pp.upstream_neighbour_reference(read([q[0] for q in part]),
+                                                          read([q[1] for q in part]), p)
     else:
-        time_nbrs = p.neighbour_filtering == "time" or cfg.rereference != "laplacian"
-        rows = [row[n] for n in plan.names]
-        src = raw if time_nbrs else raw[rows]
-        filt = np.empty_like(src)
-        for i in range(0, len(src), step):
-            filt[i:i + step] = pp.filter_channels(src[i:i + step], p)
-        if cfg.rereference == "laplacian":
-            lo = [row[q[0]] for q in plan.pairs]
-            hi = [row[q[1]] for q in plan.pairs]
-            if time_nbrs:
-                data = pp.laplacian_rereference(filt[rows], filt[lo], filt[hi])
-            else:
-                data = filt - pp.upstream_neighbour_reference(raw[lo], raw[hi], p)
-        elif cfg.rereference == "car":
-            data = pp.car_rereference(filt[rows])
+        # Every channel read is filtered once; the reference combines filtered channels.
+        filt = np.empty((len(plan.read), b - a0), dtype=np.float64)
+        for i in range(0, len(plan.read), step):
+            filt[i:i + step] = pp.filter_channels(read(plan.read[i:i + step]), p)
+        row = {n: i for i, n in enumerate(plan.read)}
+        if cfg.rereference == "bipolar":
+            data = np.stack([filt[row[x]] - filt[row[y]] for x, y in plan.pairs]) \
+                if plan.pairs else filt[:0]
         else:
-            data = filt[rows]
+            rows = [row[n] for n in plan.names]
+            if cfg.rereference == "laplacian":
+                data = np.empty((len(rows), filt.shape[1]), dtype=np.float64)
+                for i in range(0, len(rows), step):
+                    part = plan.pairs[i:i + step]
+                    data[i:i + step] = pp.laplacian_rereference(
+                        filt[rows[i:i + step]], filt[[row[q[0]] for q in part]],
+                        filt[[row[q[1]] for q in part]])
+            elif cfg.rereference == "car":
+                data = pp.car_rereference(filt[rows])
+            else:
+                data = filt if rows == list(range(len(filt))) else filt[rows]
+        del filt
     data = data[:, a - a0:]
     if p.zscore or p.despike:
         flat = np.nonzero(np.std(data, axis=-1) == 0)[0]

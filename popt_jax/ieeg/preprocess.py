@@ -287,51 +287,20 @@ def preprocess_trial(bt: BrainTreebank, subject: int | str, trial: int | str,
         ordered, pairs = bt.laplacian_plan(subject, ordered, cfg.on_missing_neighbours)
     if not ordered:
         raise DataError(bt.labels_path(subject), "no electrode left to preprocess")
-    time_filtered_nbrs = cfg.neighbour_filtering == "time"
-    neighbours = set().union(*map(set, pairs)) if time_filtered_nbrs else set()
-    to_filter = bt.order_electrodes(subject, set(ordered) | neighbours)
+    # The signals go through the one front end (`frontend.preprocess_recording`) on the
+    # trial's `Recording`, with this config's notch frequencies as given.
+    from popt_jax.ieeg import frontend
+    from popt_jax.ieeg.recording import BrainTreebankRecording
 
-    step = max(1, cfg.chunk)  # electrodes per chunk: bounds temporaries on long trials
-    filtered = None
-    for a in range(0, len(to_filter), step):
-        part = to_filter[a:a + step]
-        y = filter_channels(bt.read_electrodes(subject, trial, part, start, stop), cfg)
-        if filtered is None:
-            filtered = np.empty((len(to_filter), y.shape[1]), dtype=np.float64)
-        filtered[a:a + len(part)] = y
-    row = {n: i for i, n in enumerate(to_filter)}
-    sel = [row[n] for n in ordered]
-
-    if cfg.rereference == "laplacian" and time_filtered_nbrs:
-        lo, hi = [row[p[0]] for p in pairs], [row[p[1]] for p in pairs]
-        data = np.empty((len(sel), filtered.shape[1]), dtype=np.float64)
-        for a in range(0, len(sel), step):
-            b = slice(a, a + step)
-            data[b] = laplacian_rereference(filtered[sel[b]], filtered[lo[b]], filtered[hi[b]])
-    elif cfg.rereference == "laplacian":
-        data = filtered  # rows are exactly `ordered` here: subtract in place
-        for a in range(0, len(ordered), step):
-            part = pairs[a:a + step]
-            lower = bt.read_electrodes(subject, trial, [p[0] for p in part], start, stop)
-            upper = bt.read_electrodes(subject, trial, [p[1] for p in part], start, stop)
-            data[a:a + len(part)] -= upstream_neighbour_reference(lower, upper, cfg)
-    elif cfg.rereference == "car":
-        data = car_rereference(filtered)
-    else:
-        data = filtered
-    del filtered
-
-    if cfg.zscore or cfg.despike:
-        flat = np.nonzero(np.std(data, axis=-1) == 0)[0]
-        if flat.size:
-            raise DataError(bt.h5_path(subject, trial), f"electrode {ordered[flat[0]]} is flat "
-                            "after re-referencing; cannot z-score")
-    if cfg.zscore:
-        data = zscore_channels(data)
-    if cfg.despike:
-        data = despike(data)
-    return FilteredTrial(subject=str(subject), trial=str(trial), names=list(ordered),
-                         data=data, fs=cfg.fs, start=0 if start is None else int(start))
+    neighbours = set().union(*map(set, pairs)) if pairs else set()
+    plan = frontend.Plan(names=list(ordered), pairs=list(pairs),
+                         read=bt.order_electrodes(subject, set(ordered) | neighbours),
+                         mm=None, index=np.zeros((len(ordered), 3), np.int64), mapping="")
+    out = frontend.preprocess_recording(
+        BrainTreebankRecording(bt, subject, trial), plan,
+        frontend.FrontEndConfig(preprocess=cfg, rereference=cfg.rereference, line_freq=-1.0),
+        start=start, stop=stop)
+    return dataclasses.replace(out, subject=str(subject), trial=str(trial))
 
 
 # --------------------------------------------------------------------------- windows

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -175,6 +176,8 @@ class BrainTreebankRecording(Recording):
     Localized channels are ``seeg``, the others (EKG, trigger DC channels) ``misc``;
     coordinates are the L/I/P columns, already PopT index space (frame `BRAINTREEBANK_FRAME`).
     The line frequency is 60 Hz (recorded in the US). Events are the aligned transcript words.
+    The localization (``depth-wm.csv``) is read on first use of ``channel_types``, ``coords``
+    or ``regions``, so reading signals (`preprocess.preprocess_trial`) does not need it.
     """
 
     def __init__(self, bt: BrainTreebank, subject: int | str, trial: int | str):
@@ -185,15 +188,28 @@ class BrainTreebankRecording(Recording):
         self.fs = bt.fs
         self.n_samples = bt.n_samples(subject, trial)
         self.channel_names = bt.electrode_names(subject)
-        loc = bt.localization(subject)
-        localized = set(loc.names)
-        self.channel_types = ["seeg" if n in localized else "misc" for n in self.channel_names]
         self.line_freq = 60.0
         self.bad_channels = []
-        self.coords = {n: loc.lip[i] for i, n in enumerate(loc.names)}
-        self.coord_frame, self.coord_units, self.coord_path = (BRAINTREEBANK_FRAME, "index",
-                                                               loc.path)
-        self.regions = dict(zip(loc.names, loc.regions, strict=True))
+        self.coord_frame, self.coord_units = BRAINTREEBANK_FRAME, "index"
+
+    @functools.cached_property
+    def channel_types(self) -> list[str]:
+        localized = set(self.bt.localization(self._subject).names)
+        return ["seeg" if n in localized else "misc" for n in self.channel_names]
+
+    @functools.cached_property
+    def coords(self) -> dict[str, np.ndarray]:
+        loc = self.bt.localization(self._subject)
+        return {n: loc.lip[i] for i, n in enumerate(loc.names)}
+
+    @property
+    def coord_path(self) -> str:
+        return self.bt.localization(self._subject).path
+
+    @functools.cached_property
+    def regions(self) -> dict[str, str]:
+        loc = self.bt.localization(self._subject)
+        return dict(zip(loc.names, loc.regions, strict=True))
 
     def _read(self, rows, start, stop):
         names = [self.channel_names[r] for r in rows]

@@ -7,9 +7,11 @@ Each run becomes one ``sub_{S}_trial{TTT}.h5`` in exactly the format of
 `popt_jax.ieeg.feature_store` (``S`` = ``store_subject``, default the BIDS label when it is
 a number; ``TTT`` = the run's position), so pretraining, fine-tuning and evaluation read it
 unchanged. Differences from a Brain Treebank file, all additive: ``coords`` hold the
-integer table rows of `coords.CoordMapping` (rounded), the attribute ``coord_mapping``
-(JSON) records the frame, units, offset, scale, axes and each electrode's real-valued
-position, ``source`` names the recording, and ``regions`` come from the source where known.
+integer table rows of `coords.CoordMapping` (rounded), ``positions`` the real-valued
+index-space positions before rounding (what ``position_code="continuous"`` feeds PopT),
+``coords_mm`` the millimetres in the frame named by the attribute ``coord_frame``; the
+attribute ``coord_mapping`` (JSON) records the frame, units, offset, scale and axes,
+``source`` names the recording, and ``regions`` come from the source where known.
 
 Labels: the Brain Treebank tasks (volume, pitch, sentence_onset, word_onset) need an events
 table with word columns (``rms``, ``pitch``, ``is_onset``); any recording can instead name an
@@ -178,11 +180,13 @@ def extract_recording(rec: Recording, path: Path, model: brainbert.BrainBERT, *,
              "extraction": json.dumps(extraction, sort_keys=True, default=str),
              "subject": f"sub_{subject}", "trial": f"trial{trial:03d}", "n_samples": n,
              "window_samples": w, "hidden_dim": model.config.hidden_dim,
-             "coord_mapping": plan.mapping, "source": rec.path}
+             "coord_mapping": plan.mapping, "source": rec.path,
+             "coord_frame": json.loads(plan.mapping)["frame"]}
     regions = [rec.regions.get(x.split("-")[0], "") for x in plan.names]
     path.parent.mkdir(parents=True, exist_ok=True)
     feature_store.write_file(path, attrs, plan.names, plan.index.astype(np.float64), regions,
-                             pre, tables, fill, storage_dtype)
+                             pre, tables, fill, storage_dtype, positions=plan.positions,
+                             coords_mm=plan.mm)
     logging.info("%s: wrote %s (%d windows, %.1f windows/s)", rec.name, path, total,
                  rate.per_s)
     return path

@@ -67,6 +67,7 @@ from popt_jax.ieeg import (
     selections,
     variants,
 )
+from popt_jax.ieeg.coords import check_position_code, position_code_of
 from popt_jax.ieeg.objectives import FINETUNE, PRETRAIN, REGRESSION
 from popt_jax.ieeg.popt import PopT, PopTClassifier, PopTConfig
 
@@ -125,6 +126,8 @@ def build_model(task: str, popt_cfg: PopTConfig, *, seed: int, dtype=jnp.float32
 def checked_popt_config(config, data: TaskData, popt_cfg: PopTConfig | None) -> PopTConfig:
     """`popt_cfg` (default: from `config.model`), checked against the store's width."""
     popt_cfg = popt_cfg or popt_config_from(config.model, data.input_dim)
+    # The data layer feeds what config.position_code says: the model must read the same.
+    check_position_code(popt_cfg.position_code, position_code_of(config), "config.model")
     if popt_cfg.input_dim != data.input_dim:
         raise TrainingError(f"the model takes {popt_cfg.input_dim}-d embeddings but the feature "
                             f"store holds {data.input_dim}-d ones (extract features with a "
@@ -382,7 +385,8 @@ class StoreData:
         if task == PRETRAIN:
             pcfg = ds.PretrainConfig(replace_p=float(d.replace_p), coord_jitter=float(
                 d.coord_jitter), pair_seed=self.seed, example_seed=self.seed,
-                keep_split_order=self.order == "upstream", **split)
+                keep_split_order=self.order == "upstream",
+                position_code=position_code_of(config), **split)
 
             def make(name):
                 return ds.PretrainSource(store, name, pcfg, subjects=list(d.subjects) or None,
@@ -483,8 +487,11 @@ def pretrain_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir = Path(workdir)
     inputs = defaults.prepare_default_inputs(config, workdir)
     data = StoreData(config, inputs.features_dir, PRETRAIN, split_file(config, workdir))
-    results = train_and_evaluate(config, workdir, task=PRETRAIN, data=data,
-                                 trained_on=run_provenance(data, inputs.features_dir, "features"))
+    popt_cfg = dataclasses.replace(popt_config_from(config.model, data.input_dim),
+                                   position_code=position_code_of(config))
+    results = train_and_evaluate(config, workdir, task=PRETRAIN, data=data, popt_cfg=popt_cfg,
+                                 trained_on=run_provenance(data, inputs.features_dir,
+                                                           "features"))
     report_pretraining(results)
     return results
 
@@ -509,15 +516,20 @@ def finetune_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
     inputs = defaults.prepare_default_inputs(config, workdir,
                                              pretrained=not config.get("random_init", False))
     kind = variants.finetune_kind(str(config.task))
+    random_init = bool(config.get("random_init", False))
+    if not random_init:  # refuse a checkpoint of the other position code before any work
+        popt_cfg, params = load_init(inputs.init_checkpoint)
+        check_position_code(popt_cfg.position_code, position_code_of(config),
+                            inputs.init_checkpoint)
     data = StoreData(config, inputs.features_dir, kind, split_file(config, workdir))
     position_encoding = str(config.get("position_encoding", "") or "")
-    if config.get("random_init", False):  # upstream model.random_init: no weights loaded
+    if random_init:  # upstream model.random_init: no weights loaded
         logging.info("random_init: the PopT body starts from its random initialisation")
         popt_cfg = variants.override_position_encoding(
             popt_config_from(config.model, data.input_dim), position_encoding)
+        popt_cfg = dataclasses.replace(popt_cfg, position_code=position_code_of(config))
         return train_and_evaluate(config, workdir, task=kind, data=data, popt_cfg=popt_cfg,
                                   trained_on=run_provenance(data, inputs.features_dir, "features"))
-    popt_cfg, params = load_init(inputs.init_checkpoint)
     popt_cfg = variants.override_position_encoding(popt_cfg, position_encoding)
     results = train_and_evaluate(config, workdir, task=kind, data=data, init_params=params,
                                  popt_cfg=popt_cfg, trained_on=finetune_trained_on(

@@ -93,6 +93,7 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
     from popt_jax.ieeg.recipe import DATA_ORDERS, EVAL_SCHEDULES
 
     c.choice("eval_schedule", EVAL_SCHEDULES)
+    c.choice("position_code", ("table", "continuous"))  # coords.POSITION_CODES
     d = "data."
     c.choice(d + "order", DATA_ORDERS)
     c.non_negative_int(d + "max_train_examples")
@@ -118,7 +119,14 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
         return
     c.existing_path("features_dir", "dir")
     if task == "finetune":
-        c.choice("task", TASKS, required=True)
+        if c.get("features_dir", ""):
+            # A store of one's own recordings names its tasks (extract_recordings'
+            # event_task.name); the data layer refuses a task the store lacks, naming the file.
+            task = c.get("task", "")
+            c.rule(isinstance(task, str) and task not in ("", "pretrain"), "task",
+                   f"must name a task group of the feature store, got {task!r}")
+        else:
+            c.choice("task", TASKS, required=True)
         subject = c.get(d + "subject", "")
         c.rule(isinstance(subject, (int, str)) and str(subject) != "", d + "subject",
                f"must name a subject such as 'sub_1', got {subject!r}")

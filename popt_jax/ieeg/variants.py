@@ -133,6 +133,7 @@ def finetune_sources(config, store: str | os.PathLike, *,
     several), the training split capped by `data.max_train_examples` (0 = all).
     """
     from popt_jax.ieeg import datasets as ds
+    from popt_jax.ieeg.coords import position_code_of
 
     d = config.data
     split = dict(split_mode=str(d.split), val_frac=float(d.val_fraction),
@@ -141,7 +142,8 @@ def finetune_sources(config, store: str | os.PathLike, *,
     out = {}
     for name in ("train", "val", "test"):
         parts = [ds.FinetuneSource(store, str(config.task), s, name, selection=selection,
-                                   split_file=split_file, trials=trials, **split)
+                                   split_file=split_file, trials=trials,
+                                   position_code=position_code_of(config), **split)
                  for s in subjects]
         out[name] = parts[0] if len(parts) == 1 else ConcatSource(parts)
     cap = int(d.get("max_train_examples", 0) or 0)

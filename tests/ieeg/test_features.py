@@ -78,8 +78,11 @@ def test_layout_shapes_and_attrs(tree, store, model):
     e = len(trial.names)
     words = bt.words(1, 0)
     with h5py.File(path, "r") as f:
-        assert set(f) == {"electrode_names", "coords", "regions", "pretrain", "windows",
-                          "volume", "pitch", "sentence_onset", "word_onset"}
+        assert set(f) == {"electrode_names", "coords", "positions", "regions", "pretrain",
+                          "windows", "volume", "pitch", "sentence_onset", "word_onset"}
+        # The continuous position code's input: the L/I/P columns, untruncated.
+        np.testing.assert_array_equal(f["positions"][:], f["coords"][:])
+        assert f.attrs["coord_frame"] == "BrainTreebank-LIP"
         pre = f["pretrain/starts"][:]
         np.testing.assert_array_equal(pre, pp.pretraining_window_starts(n_samples, cfg))
         assert f["pretrain/embeddings"].shape == (len(pre), e, 32)
