@@ -212,35 +212,23 @@ def embed_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
 def load_classifier(path: str | os.PathLike) -> tuple[PopTClassifier, str]:
     """A fine-tuned PopT classifier: a ``finetune`` workdir (best checkpoint by validation
     ROC-AUC, else the latest) or a converted/upstream checkpoint of a fine-tuned model."""
-    import orbax.checkpoint as ocp
+    from popt_jax.core.checkpoints import restore_best_params
 
-    from popt_jax.core.checkpoints import quiet_orbax_logs, read_meta
-
-    quiet_orbax_logs()
     path = Path(path)
     if (path / "checkpoints").is_dir():
-        manager = ocp.CheckpointManager((path / "checkpoints").absolute(),
-                                        options=ocp.CheckpointManagerOptions(read_only=True))
-        try:
-            steps = manager.all_steps()
-            if not steps:
-                raise UserError(f"{path}: a workdir without checkpoints")
-            # Best validation ROC-AUC, ties to the earliest step (as the trainer picks).
-            scored = [(float((manager.metrics(s) or {}).get("roc_auc", -np.inf)), -s)
-                      for s in steps]
-            step = -max(scored)[1] if np.isfinite(max(scored)[0]) else max(steps)
-            meta = read_meta(path / "checkpoints" / str(step)) or {}
+        model = None
+
+        def abstract(meta):  # checks the task before anything is read
+            nonlocal model
             if meta.get("task") != "finetune":
                 raise UserError(f"{path}: not a fine-tuning workdir (checkpoint task "
                                 f"{meta.get('task')!r})")
-            cfg = PopTConfig(**meta["model"])
-            model = PopTClassifier(cfg, rngs=nnx.Rngs(0))
-            target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, nnx.Param))
-            params = manager.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(target)))["params"]
-        finally:
-            manager.close()
-        nnx.update(model, jax.device_get(params))
+            model = PopTClassifier(PopTConfig(**meta["model"]), rngs=nnx.Rngs(0))
+            return nnx.state(model, nnx.Param)
+
+        # Best validation ROC-AUC, ties to the earliest step (as the trainer picks).
+        step, _, params = restore_best_params(path, "roc_auc", "max", abstract)
+        nnx.update(model, params)
         return model, f"{path}@{step}"
     from popt_jax.ieeg import convert
 

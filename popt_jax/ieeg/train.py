@@ -46,13 +46,16 @@ from typing import Any, Iterable, Iterator, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
 from popt_jax.core import loop, steps
 from popt_jax.core import mesh as mesh_lib
-from popt_jax.core.checkpoints import Checkpoints, quiet_orbax_logs, read_meta
+from popt_jax.core.checkpoints import (
+    Checkpoints,
+    quiet_orbax_logs,
+    restore_best_params,
+)
 from popt_jax.core.logs import Logs
 from popt_jax.core.metrics import compute_metrics
 from popt_jax.core.overview import parameter_overview
@@ -322,28 +325,17 @@ def load_init(path: str | os.PathLike) -> tuple[PopTConfig, nnx.State]:
     """
     path = Path(path)
     if (path / "checkpoints").is_dir():
-        manager = ocp.CheckpointManager((path / "checkpoints").absolute(),
-                                        options=ocp.CheckpointManagerOptions(read_only=True))
-        try:
-            steps = manager.all_steps()
-            if not steps:
-                raise TrainingError(f"{path}: a pretraining workdir without checkpoints")
-            scored = [(float((manager.metrics(s) or {}).get("loss", np.inf)), s) for s in steps]
-            step = min(scored)[1] if np.isfinite(min(scored)[0]) else max(steps)
-            meta = read_meta(path / "checkpoints" / str(step))
-            if not meta or meta.get("task") != PRETRAIN:
+        def abstract(meta):  # checks the task before anything is read
+            if meta.get("task") != PRETRAIN:
                 raise TrainingError(f"{path}: not a popt_jax pretraining workdir "
-                                    f"(checkpoint task {(meta or {}).get('task')!r})")
-            popt_cfg = PopTConfig(**meta["model"])
-            abstract = nnx.eval_shape(lambda: PopT(popt_cfg, rngs=nnx.Rngs(0)))
-            target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                                  nnx.state(abstract, nnx.Param))
-            params = manager.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(target)))["params"]
-        finally:
-            manager.close()
+                                    f"(checkpoint task {meta.get('task')!r})")
+            cfg = PopTConfig(**meta["model"])
+            return nnx.state(nnx.eval_shape(lambda: PopT(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+
+        step, meta, params = restore_best_params(path, "loss", "min", abstract)
+        popt_cfg = PopTConfig(**meta["model"])
         logging.info("initialising from %s step %d", path, step)
-        return popt_cfg, jax.device_get(params)
+        return popt_cfg, params
     model = convert.load_popt(str(path))
     if isinstance(model, PopTClassifier):
         model = model.upstream

@@ -194,5 +194,7 @@ def test_main_prints_one_error_line(tmp):
         timeout=300)
     assert proc.returncode == 2
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert err == [f"error: {root / 'nothing'}: BIDS root folder not found"]
+    # Refused by the config checks before any work (the reader's own message for a missing
+    # root, "BIDS root folder not found", is for API callers).
+    assert err == [f"error: config.data.root: {root / 'nothing'}: No such file or directory"]
     assert "Traceback" not in proc.stderr
