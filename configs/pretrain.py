@@ -94,6 +94,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.time_blocks = 5  # contiguous blocks per recording (time_blocked split)
     config.data.replace_p = 0.1  # per-token replacement / kept-negative probability budget
     config.data.coord_jitter = 0.0  # std of N(0, s) added to coordinates (0 = off)
+    # "none": embeddings as stored (upstream); "file": each dimension standardised per feature
+    # file (datasets.feature_norm_stats): a random BrainBERT's embeddings are a large common
+    # offset plus a small varying part, which the short default run cannot learn through.
+    config.data.feature_norm = "none" if paper else "file"
     config.data.buckets = (16, 32, 64, 128)  # token lengths batches are padded to
     # Opt-in speed-up: >0 groups batches by length within windows of this many batches
     # (same examples, reordered within a window; datasets.length_grouped_examples). Pair with
@@ -114,7 +118,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     # Optimisation (upstream multi_elec_pretrain.yaml): LAMB + ramp_up schedule.
     config.optimizer = "lamb"  # torch_optimizer.Lamb semantics (train_lib.lamb)
-    config.lr = 5e-4  # peak learning rate
+    # Peak learning rate. LAMB steps are relative to each weight's norm, so upstream's 5e-4
+    # (made for 500k steps) barely moves the weights in a few hundred; the short default
+    # run uses 5e-3 (1e-2 was worse in the same 600-step run).
+    config.lr = 5e-4 if paper else 5e-3
     config.weight_decay = 0.0  # LAMB weight decay (upstream: none)
     config.lamb_clamp_value = 10.0  # weight-norm clamp in the trust ratio (torch_optimizer)
     config.grad_clip = 1.0  # global-norm clipping; 0 = off
@@ -123,11 +130,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.loss_scaled_grad = True
     config.warmup = 0.025  # linear warm-up over this fraction of total_steps
     config.gamma = 0.99  # then lr x gamma every (total - warm-up) / 100 steps
-    config.total_steps = 500_000 if paper else 300  # optimiser steps
+    config.total_steps = 500_000 if paper else 800  # optimiser steps
     config.batch_size = 256 if paper else 16  # global batch (all processes and devices)
     config.eval_batch_size = 256 if paper else 32  # validation/test batch
     config.log_every = 1000 if paper else 25  # steps between progress lines / train metrics
-    config.eval_every = 1000 if paper else 100  # steps between validation + checkpoint
+    config.eval_every = 1000 if paper else 200  # steps between validation + checkpoint
     # "every": after eval_every, 2 eval_every, ... and the last step; "upstream": after
     # step 1, 1 + eval_every, ... and the last (runner.py's cadence).
     config.eval_schedule = "upstream" if paper else "every"

@@ -48,13 +48,14 @@ import h5py
 import numpy as np
 from scipy import fft as sp_fft
 
-__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_BANDS"]
+__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_RHYTHMS"]
 
 SPEECH_BAND = (70.0, 150.0)
 PITCH_BAND = (20.0, 30.0)
-# Latent-state bands (Hz): clear of the planted bands (and of high-gamma filters' skirts) and of
-# the line harmonics.
-STATE_BANDS = ((4.0, 12.0), (32.0, 46.0))
+# Latent-state rhythms (Hz), one independent envelope per group: clear of the planted bands
+# (20-30, 70-150 Hz) and of the line harmonics, >= 10 Hz apart so no two share a BrainBERT
+# STFT row (5.12 Hz bins, Hann main lobe 10.24 Hz) and beat there.
+STATE_RHYTHMS = ((5.0, 15.0), (35.0, 45.0, 55.0), (160.0, 170.0, 195.0))
 STATE_CUTOFF_HZ = 0.3  # Gaussian spectral width of the log-envelopes (~0.5 s correlation)
 STATE_LOG_STD = 1.0  # std of each log-envelope
 STATE_AMPLITUDE = 30.0  # envelope scale (the background is 30 x unit-variance 1/f noise)
@@ -204,9 +205,12 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np.ndarray:
     """The latent-state component [n_e, n_t] (float32) of one recording (module docstring).
 
-    Per band: a smooth Gaussian log-envelope shared by every electrode (drawn at 64 Hz and
-    interpolated), times independent band-limited noise per electrode, times a per-electrode
-    gain in [0.7, 1.3].
+    Per group of `STATE_RHYTHMS`: a smooth Gaussian log-envelope shared by every electrode
+    (drawn at 64 Hz and interpolated) scales sinusoids at the group's frequencies, each with
+    a random phase per electrode, times a per-electrode gain in [0.7, 1.3]. Sinusoids rather
+    than band-limited noise: their short-time magnitude is the envelope itself, so every
+    electrode shows the same course (noise carriers add an independent Rayleigh fluctuation
+    per electrode and frame); random phases keep a Laplacian from cancelling them.
     """
     out = np.zeros((n_e, n_t), np.float32)
     rate = 64.0
@@ -215,14 +219,18 @@ def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np
     gain = np.exp(-0.5 * (f / STATE_CUTOFF_HZ) ** 2)
     gain[0] = 0.0
     t_slow, t = np.arange(n_slow) / rate, np.arange(n_t) / fs
-    for band in STATE_BANDS:
+    for freqs in STATE_RHYTHMS:
         spec = gain * (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f)))
         z = np.fft.irfft(spec, n=n_slow)
         z *= STATE_LOG_STD / max(float(z.std()), 1e-12)
         env = STATE_AMPLITUDE * np.exp(np.interp(t, t_slow, z) - 0.5 * STATE_LOG_STD**2)
-        carrier = _colored_noise(rng, n_e, n_t, fs, band)
-        gains = rng.uniform(0.7, 1.3, (n_e, 1)).astype(np.float32)
-        out += gains * carrier * env[None, :].astype(np.float32)
+        phases = rng.uniform(0.0, 2.0 * np.pi, (n_e, len(freqs)))
+        gains = rng.uniform(0.7, 1.3, n_e)
+        carrier = np.zeros((n_e, n_t), np.float32)
+        for j, f0 in enumerate(freqs):  # unit-variance sum of the group's sinusoids
+            carrier += np.sin(2 * np.pi * f0 * t[None, :] + phases[:, j:j + 1]).astype(
+                np.float32) * np.float32(np.sqrt(2.0 / len(freqs)))
+        out += (gains[:, None] * env[None, :]).astype(np.float32) * carrier
     return out
 
 
@@ -260,7 +268,7 @@ def write_synthetic_braintreebank(
         raise ValueError("n_shafts must be in [1, 200]")
     movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
     truth: dict = {"seed": seed, "plant": plant, "latent_state": latent_state,
-                   "state_bands": STATE_BANDS, "fs": fs, "duration_s": duration_s,
+                   "state_rhythms": STATE_RHYTHMS, "fs": fs, "duration_s": duration_s,
                    "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
                    "burst_offset_s": -0.1, "burst_length_s": 0.4, "subjects": {}}
     movies = [_write_movie(root, np.random.default_rng([seed, 1_000_003, m]),

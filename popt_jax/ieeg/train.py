@@ -367,7 +367,8 @@ class StoreData:
         if task == PRETRAIN:
             pcfg = ds.PretrainConfig(replace_p=float(d.replace_p), coord_jitter=float(
                 d.coord_jitter), pair_seed=self.seed, example_seed=self.seed,
-                keep_split_order=self.order == "upstream", **split)
+                keep_split_order=self.order == "upstream",
+                feature_norm=str(d.get("feature_norm", "none")), **split)
 
             def make(name):
                 return ds.PretrainSource(store, name, pcfg, subjects=list(d.subjects) or None,

@@ -141,7 +141,8 @@ def finetune_sources(config, store: str | os.PathLike, *,
     out = {}
     for name in ("train", "val", "test"):
         parts = [ds.FinetuneSource(store, str(config.task), s, name, selection=selection,
-                                   split_file=split_file, trials=trials, **split)
+                                   split_file=split_file, trials=trials,
+                                   feature_norm=str(d.get("feature_norm", "none")), **split)
                  for s in subjects]
         out[name] = parts[0] if len(parts) == 1 else ConcatSource(parts)
     cap = int(d.get("max_train_examples", 0) or 0)
