@@ -26,15 +26,28 @@ that differs from the rest of the window right there survives into the embedding
 components. The groups and timing constants are written to ``synthetic_truth.json``.
 
 With ``latent_state=True`` (the default) every recording also carries a slowly varying,
-spatially coherent brain state, the structure PopT's pretraining objectives feed on: a few
-Gaussian-process log-envelopes (`STATE_BANDS`, away from the planted bands and the line
-harmonics; correlation time about half a second, so windows 0.2 s apart share their state and
-windows seconds apart do not) modulate band-limited noise in every electrode of the subject
-(the same envelopes everywhere, a per-electrode gain). BrainBERT z-scores each window per
-frequency row, so what reaches the embeddings is each envelope's course across the window,
-seen at its centre: consecutive windows look alike, and a token taken from another time
-disagrees with its neighbours. The state has its own random stream: ``latent_state=False``
-writes bit for bit the tree an earlier version wrote.
+spatially coherent brain state, the structure PopT's pretraining objectives feed on: three
+Gaussian-process log-envelopes (correlation time about half a second, so windows 0.2 s apart
+share their state and windows seconds apart do not), each scaling a group of rhythms
+(`STATE_RHYTHMS`: 5-15, 35-55 and 160-195 Hz, away from the planted bands and the line
+harmonics) in every electrode of the subject: the same envelopes everywhere, a random phase
+per electrode and rhythm (so a Laplacian does not cancel them) and a per-electrode gain.
+What each step of the front end leaves of it:
+
+* Laplacian re-referencing removes what shaft neighbours share in phase; the rhythms' phases
+  differ per electrode, so their (envelope-scaled) amplitude survives;
+* BrainBERT z-scores each frequency row over the 5 s window, which removes the state's level
+  over the window but keeps its course within it; the embedding pools the ~0.25 s around the
+  centre, so it sees whether the envelopes are up or down there relative to the window;
+* sinusoids, unlike band-limited noise, have a short-time magnitude that is the envelope
+  itself, the same in every electrode (noise adds an independent Rayleigh fluctuation per
+  electrode and frame), and the rhythms span about half of BrainBERT's 40 rows, so the state
+  is about half of the embeddings' variance over windows and electrodes.
+
+Consecutive pretraining windows (0.2 s apart: upstream's "next" segment) therefore look alike
+across electrodes, and a token taken from another time disagrees with the rest of its window.
+The state has its own random stream: ``latent_state=False`` writes bit for bit the tree an
+earlier version wrote.
 """
 
 from __future__ import annotations
@@ -226,11 +239,14 @@ def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np
         env = STATE_AMPLITUDE * np.exp(np.interp(t, t_slow, z) - 0.5 * STATE_LOG_STD**2)
         phases = rng.uniform(0.0, 2.0 * np.pi, (n_e, len(freqs)))
         gains = rng.uniform(0.7, 1.3, n_e)
-        carrier = np.zeros((n_e, n_t), np.float32)
-        for j, f0 in enumerate(freqs):  # unit-variance sum of the group's sinusoids
-            carrier += np.sin(2 * np.pi * f0 * t[None, :] + phases[:, j:j + 1]).astype(
-                np.float32) * np.float32(np.sqrt(2.0 / len(freqs)))
-        out += (gains[:, None] * env[None, :]).astype(np.float32) * carrier
+        # sin(wt + p) = cos(p) sin(wt) + sin(p) cos(wt): one matrix product per group; the
+        # sqrt(2 / k) makes the sum of the group's k sinusoids unit-variance.
+        w = 2 * np.pi * np.asarray(freqs)[:, None] * t[None, :]
+        basis = np.concatenate([np.sin(w), np.cos(w)]).astype(np.float32)
+        coef = np.sqrt(2.0 / len(freqs)) * np.concatenate([np.cos(phases), np.sin(phases)], 1)
+        carrier = coef.astype(np.float32) @ basis
+        carrier *= (gains[:, None] * env[None, :]).astype(np.float32)
+        out += carrier
     return out
 
 
