@@ -108,33 +108,54 @@ def _pretrain_config():
     return module.get_config()
 
 
-def _learning_run(base, state: bool, *, model: dict, steps: int) -> dict:
-    """The default pretraining recipe on one synthetic subject (the default's 100 s of
-    pretraining windows, a 1-layer BrainBERT), with or without the latent state."""
-    root = write_synthetic_braintreebank(base / f"tree_{state}", n_subjects=1,
-                                         duration_s=120, seed=0, latent_state=state)
-    extract.extract_features(
-        root, base / f"features_{state}", checkpoint_hash="random-seed-0/tiny",
-        brainbert=models.BrainBERT(TINY, rngs=nnx.Rngs(0)),
-        selection=root / "electrode_selections/clean_laplacian.json", tasks=("pretrain",),
-        batch_windows=32, max_windows=500, progress_every_s=600.0)
-    config = _pretrain_config()  # the default recipe: lr, schedule, feature_norm, split
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[bool, str]:
+    """Feature stores of one synthetic subject with and without the latent state: the
+    default's 100 s of pretraining windows, embedded by a 1-layer random BrainBERT."""
+    base = tmp_path_factory.mktemp("learns")
+    out = {}
+    for state in (True, False):
+        root = write_synthetic_braintreebank(base / f"tree_{state}", n_subjects=1,
+                                             duration_s=120, seed=0, latent_state=state)
+        extract.extract_features(
+            root, base / f"features_{state}", checkpoint_hash="random-seed-0/tiny",
+            brainbert=models.BrainBERT(TINY, rngs=nnx.Rngs(0)),
+            selection=root / "electrode_selections/clean_laplacian.json", tasks=("pretrain",),
+            batch_windows=32, max_windows=500, progress_every_s=600.0)
+        out[state] = str(base / f"features_{state}")
+    return out
+
+
+def _learning_run(store: str, workdir, *, model: dict, steps: int) -> dict:
+    """Test accuracies of the default pretraining recipe (lr, schedule, feature_norm, split)
+    on `store`, with the given PopT size and steps."""
+    config = _pretrain_config()
     with config.unlocked():
-        config.features_dir = str(base / f"features_{state}")
+        config.features_dir = store
         config.model.update(model)
         config.total_steps = steps
         # A larger test split than the default's 10%: the accuracies are read off it.
         config.data.val_fraction, config.data.test_fraction = 0.05, 0.25
         config.eval_every = config.log_every = steps
-    return train.pretrain_job(config, base / f"run_{state}")["test"]
+    return train.pretrain_job(config, workdir)["test"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("state", [True, False])
-def test_default_pretraining_learns_from_the_state(tmp_path, state):
-    """The default model and steps: >= 0.7 on both accuracies with the state, ~0.5 without."""
-    test = _learning_run(tmp_path, state, model={}, steps=800)
+def _check(test: dict, state: bool) -> None:
     if state:
         assert test["cls_accuracy"] >= 0.7 and test["token_accuracy"] >= 0.7, test
     else:
         assert test["cls_accuracy"] <= 0.6 and test["token_accuracy"] <= 0.6, test
+
+
+@pytest.mark.parametrize("state", [True, False])
+def test_tiny_pretraining_learns_from_the_state(stores, tmp_path, state):
+    """A 1-layer PopT, 400 steps: >= 0.7 on both accuracies with the state, ~0.5 without."""
+    _check(_learning_run(stores[state], tmp_path, steps=400, model=dict(
+        hidden_dim=32, n_heads=2, ff_dim=64, n_layers=1)), state)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("state", [True, False])
+def test_default_pretraining_learns_from_the_state(stores, tmp_path, state):
+    """The default PopT size and steps, the same criterion."""
+    _check(_learning_run(stores[state], tmp_path, model={}, steps=800), state)
