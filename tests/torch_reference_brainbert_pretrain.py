@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch_reference import RefLamb  # torch_optimizer.Lamb, stated once
+from torch_reference import RefLamb  # noqa: F401 - re-exported: torch_optimizer.Lamb, stated once
 
 
 class Span(NamedTuple):

@@ -17,6 +17,9 @@ The feature store (`popt_jax.features`) holds one HDF5 file per subject-trial. H
   ``split_file`` is given (the jobs use ``{workdir}/splits.json`` or ``config.data.split_file``),
   saved there and reused: the feature store itself is only read, so any number of experiments
   with any split settings share one store;
+* ``feature_norm``: "none" (upstream: embeddings as stored) or "file" (each embedding
+  dimension standardised per feature file, `feature_norm_stats`), for PopT inputs whose
+  common offset dwarfs their variation (a random BrainBERT's);
 * `collate` pads examples to a few fixed token lengths (buckets) so jit sees few shapes
   (`Collator` writes worker batches into shared memory), and `make_dataset` builds the grain
   pipeline ``source -> seed -> shuffle -> repeat -> random_map -> shard -> batch ->
@@ -59,7 +62,8 @@ __all__ = [
     "DEFAULT_BUCKETS", "PRETRAIN_KS", "FeatureStore", "PretrainConfig", "PretrainSource",
     "FinetuneSource", "sklearn_train_test_split", "random_split", "time_blocked_split",
     "make_pretrain_example", "bucket_length", "collate", "Collator", "make_dataset",
-    "PRETRAIN_BUCKETS", "length_grouped_examples", "GroupedCollator",
+    "PRETRAIN_BUCKETS", "length_grouped_examples", "GroupedCollator", "FEATURE_NORMS",
+    "feature_norm_stats",
 ]
 
 DEFAULT_BUCKETS = (16, 32, 64, 128)
@@ -68,6 +72,8 @@ PRETRAIN_KS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 # grouped by length these edges leave no padding at all (10 shapes to compile).
 PRETRAIN_BUCKETS = PRETRAIN_KS
 MIN_BLOCK_WINDOWS = 20  # time_blocked: shortest block, in window lengths (4 gaps each)
+FEATURE_NORMS = ("none", "file")  # see `feature_norm_stats`
+_NORM_WINDOWS = 1000  # windows (evenly spaced) a file's normalisation statistics are taken over
 
 
 # --------------------------------------------------------------------------- splits
@@ -293,6 +299,43 @@ class FeatureStore:
         return rows
 
 
+def feature_norm_stats(path: str | os.PathLike, norm: str = "none"
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-dimension (mean, 1 / std) [D] float32 of a feature file, or None for "none".
+
+    "file": each embedding dimension's mean and standard deviation over the file's stored
+    electrodes and pretraining windows (its first task's windows when it has none; at most
+    `_NORM_WINDOWS` evenly spaced windows). Pretraining and fine-tuning examples of a file are
+    then ``(x - mean) / std``: both jobs normalise a file alike, whatever they read from it.
+    Unsupervised, and a function of the file alone (no split enters it).
+
+    Why: a random BrainBERT (the built-in default) maps every window close to one point (its
+    position code and LayerNorm biases), so the stored embeddings are a large common offset
+    plus a small varying part; PopT's input projection drowns that part in its spatial code,
+    and LAMB's relative steps take thousands of updates to undo the offset. Upstream feeds
+    embeddings as stored ("none", the paper variant).
+    """
+    if norm not in FEATURE_NORMS:
+        raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, not {norm!r}")
+    if norm == "none":
+        return None
+    with h5py.File(path, "r") as f:
+        groups = ["pretrain"] + sorted(k for k in f if k != "pretrain")
+        emb = next((f[g]["embeddings"] for g in groups if g in f and isinstance(
+            f[g], h5py.Group) and "embeddings" in f[g] and len(f[g]["embeddings"])), None)
+        if emb is None:
+            raise DataError(path, "no embeddings to take feature_norm statistics over")
+        n = len(emb)
+        rows = np.unique(np.linspace(0, n - 1, min(n, _NORM_WINDOWS)).round().astype(np.int64))
+        x = emb[rows].astype(np.float64).reshape(-1, emb.shape[-1])
+    mean, std = x.mean(0), x.std(0)
+    return mean.astype(np.float32), (1.0 / np.maximum(std, 1e-6)).astype(np.float32)
+
+
+def _normalise(x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    return x if stats is None else (x - stats[0]) * stats[1]
+
+
 class _LazyH5:
     """h5 handles opened on first use in each process (never pickled, reopened after fork)."""
 
@@ -337,6 +380,7 @@ class PretrainConfig:
         time_blocks: blocks per recording for "time_blocked".
         keep_split_order: list a "random" split's examples in the order the split drew them
             (upstream's unshuffled epochs) rather than sorted.
+        feature_norm: "none" (upstream) or "file" (`feature_norm_stats`).
         position_code: "table" (upstream: coordinates truncated to int32 table rows) or
             "continuous" (float32 real-valued positions for PopT's continuous code).
     """
@@ -352,6 +396,7 @@ class PretrainConfig:
     split_seed: int = 42
     time_blocks: int = 5
     keep_split_order: bool = False
+    feature_norm: str = "none"
     position_code: str = "table"
 
 
@@ -485,6 +530,7 @@ class PretrainSource:
             glob = offsets[file_of] + win_of
             keep = np.nonzero(member[glob] & member[glob + 1])[0]
         self._file, self._win = file_of[keep], win_of[keep]
+        self._norm = [feature_norm_stats(p, cfg.feature_norm) for p in self.paths]
         self._h5 = _LazyH5(self.paths)
 
     def __len__(self) -> int:
@@ -507,10 +553,11 @@ class PretrainSource:
         b, r, label = self.pair(i)
         emb = self._h5(fi)["pretrain/embeddings"]
         rows = None if self._all_rows[fi] else self.rows[fi]  # no copy without a selection
+        norm = self._norm[fi]
 
         def read(w: int) -> np.ndarray:
             x = emb[w]
-            return x if rows is None else x[rows]
+            return _normalise(x if rows is None else x[rows], norm)
 
         return {"a": read(a), "b": read(b), "r": read(r), "coords": self.coords[fi],
                 "pair_label": label, "index": i}
@@ -554,6 +601,7 @@ class FinetuneSource:
         split_file: JSON file the split is saved to / reused from (checked against the
             settings); None = made in memory (it is deterministic).
         trials: restrict to these {subject: [trials]} (upstream: the held-out test trials).
+        feature_norm: "none" (upstream) or "file" (`feature_norm_stats`).
         position_code: "table" (int32 truncated coordinates, upstream) or "continuous"
             (float32 real-valued positions).
     """
@@ -563,7 +611,7 @@ class FinetuneSource:
                  selection: Mapping[str, Sequence[str]] | str | None = None,
                  val_frac: float = 0.1, test_frac: float = 0.1, split_seed: int = 42,
                  time_blocks: int = 5, split_file: str | os.PathLike | None = None,
-                 trials: Mapping[str, Sequence[str]] | None = None,
+                 trials: Mapping[str, Sequence[str]] | None = None, feature_norm: str = "none",
                  position_code: str = "table"):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
@@ -610,6 +658,7 @@ class FinetuneSource:
         else:
             labels = labels.astype(np.int32)
         self.labels, self.starts = labels[keep], starts[keep]
+        self._norm = [feature_norm_stats(p, feature_norm) for p in self.paths]
         self._h5 = _LazyH5(self.paths)
 
     def __len__(self) -> int:
@@ -619,7 +668,8 @@ class FinetuneSource:
         i = int(i)
         fi = int(self._file[i])
         x = self._h5(fi)["windows/embeddings"][int(self._row[i])][self.rows[fi]]
-        return {"x": x.astype(np.float32), "coords": self.coords[fi],
+        x = _normalise(x.astype(np.float32), self._norm[fi])
+        return {"x": x, "coords": self.coords[fi],
                 "seq_id": np.zeros(len(x), np.int32), "label": self.labels[i],
                 "index": np.int64(self.example_ids[i])}
 

@@ -26,15 +26,28 @@ that differs from the rest of the window right there survives into the embedding
 components. The groups and timing constants are written to ``synthetic_truth.json``.
 
 With ``latent_state=True`` (the default) every recording also carries a slowly varying,
-spatially coherent brain state, the structure PopT's pretraining objectives feed on: a few
-Gaussian-process log-envelopes (`STATE_BANDS`, away from the planted bands and the line
-harmonics; correlation time about half a second, so windows 0.2 s apart share their state and
-windows seconds apart do not) modulate band-limited noise in every electrode of the subject
-(the same envelopes everywhere, a per-electrode gain). BrainBERT z-scores each window per
-frequency row, so what reaches the embeddings is each envelope's course across the window,
-seen at its centre: consecutive windows look alike, and a token taken from another time
-disagrees with its neighbours. The state has its own random stream: ``latent_state=False``
-writes bit for bit the tree an earlier version wrote.
+spatially coherent brain state, the structure PopT's pretraining objectives feed on: three
+Gaussian-process log-envelopes (correlation time about half a second, so windows 0.2 s apart
+share their state and windows seconds apart do not), each scaling a group of rhythms
+(`STATE_RHYTHMS`: 5-15, 35-55 and 160-195 Hz, away from the planted bands and the line
+harmonics) in every electrode of the subject: the same envelopes everywhere, a random phase
+per electrode and rhythm (so a Laplacian does not cancel them) and a per-electrode gain.
+What each step of the front end leaves of it:
+
+* Laplacian re-referencing removes what shaft neighbours share in phase; the rhythms' phases
+  differ per electrode, so their (envelope-scaled) amplitude survives;
+* BrainBERT z-scores each frequency row over the 5 s window, which removes the state's level
+  over the window but keeps its course within it; the embedding pools the ~0.25 s around the
+  centre, so it sees whether the envelopes are up or down there relative to the window;
+* sinusoids, unlike band-limited noise, have a short-time magnitude that is the envelope
+  itself, the same in every electrode (noise adds an independent Rayleigh fluctuation per
+  electrode and frame), and the rhythms span about half of BrainBERT's 40 rows, so the state
+  is about half of the embeddings' variance over windows and electrodes.
+
+Consecutive pretraining windows (0.2 s apart: upstream's "next" segment) therefore look alike
+across electrodes, and a token taken from another time disagrees with the rest of its window.
+The state has its own random stream: ``latent_state=False`` writes bit for bit the tree an
+earlier version wrote.
 """
 
 from __future__ import annotations
@@ -48,13 +61,14 @@ import h5py
 import numpy as np
 from scipy import fft as sp_fft
 
-__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_BANDS"]
+__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_RHYTHMS"]
 
 SPEECH_BAND = (70.0, 150.0)
 PITCH_BAND = (20.0, 30.0)
-# Latent-state bands (Hz): clear of the planted bands (and of high-gamma filters' skirts) and of
-# the line harmonics.
-STATE_BANDS = ((4.0, 12.0), (32.0, 46.0))
+# Latent-state rhythms (Hz), one independent envelope per group: clear of the planted bands
+# (20-30, 70-150 Hz) and of the line harmonics, >= 10 Hz apart so no two share a BrainBERT
+# STFT row (5.12 Hz bins, Hann main lobe 10.24 Hz) and beat there.
+STATE_RHYTHMS = ((5.0, 15.0), (35.0, 45.0, 55.0), (160.0, 170.0, 195.0))
 STATE_CUTOFF_HZ = 0.3  # Gaussian spectral width of the log-envelopes (~0.5 s correlation)
 STATE_LOG_STD = 1.0  # std of each log-envelope
 STATE_AMPLITUDE = 30.0  # envelope scale (the background is 30 x unit-variance 1/f noise)
@@ -204,9 +218,12 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np.ndarray:
     """The latent-state component [n_e, n_t] (float32) of one recording (module docstring).
 
-    Per band: a smooth Gaussian log-envelope shared by every electrode (drawn at 64 Hz and
-    interpolated), times independent band-limited noise per electrode, times a per-electrode
-    gain in [0.7, 1.3].
+    Per group of `STATE_RHYTHMS`: a smooth Gaussian log-envelope shared by every electrode
+    (drawn at 64 Hz and interpolated) scales sinusoids at the group's frequencies, each with
+    a random phase per electrode, times a per-electrode gain in [0.7, 1.3]. Sinusoids rather
+    than band-limited noise: their short-time magnitude is the envelope itself, so every
+    electrode shows the same course (noise carriers add an independent Rayleigh fluctuation
+    per electrode and frame); random phases keep a Laplacian from cancelling them.
     """
     out = np.zeros((n_e, n_t), np.float32)
     rate = 64.0
@@ -215,14 +232,21 @@ def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np
     gain = np.exp(-0.5 * (f / STATE_CUTOFF_HZ) ** 2)
     gain[0] = 0.0
     t_slow, t = np.arange(n_slow) / rate, np.arange(n_t) / fs
-    for band in STATE_BANDS:
+    for freqs in STATE_RHYTHMS:
         spec = gain * (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f)))
         z = np.fft.irfft(spec, n=n_slow)
         z *= STATE_LOG_STD / max(float(z.std()), 1e-12)
         env = STATE_AMPLITUDE * np.exp(np.interp(t, t_slow, z) - 0.5 * STATE_LOG_STD**2)
-        carrier = _colored_noise(rng, n_e, n_t, fs, band)
-        gains = rng.uniform(0.7, 1.3, (n_e, 1)).astype(np.float32)
-        out += gains * carrier * env[None, :].astype(np.float32)
+        phases = rng.uniform(0.0, 2.0 * np.pi, (n_e, len(freqs)))
+        gains = rng.uniform(0.7, 1.3, n_e)
+        # sin(wt + p) = cos(p) sin(wt) + sin(p) cos(wt): one matrix product per group; the
+        # sqrt(2 / k) makes the sum of the group's k sinusoids unit-variance.
+        w = 2 * np.pi * np.asarray(freqs)[:, None] * t[None, :]
+        basis = np.concatenate([np.sin(w), np.cos(w)]).astype(np.float32)
+        coef = np.sqrt(2.0 / len(freqs)) * np.concatenate([np.cos(phases), np.sin(phases)], 1)
+        carrier = coef.astype(np.float32) @ basis
+        carrier *= (gains[:, None] * env[None, :]).astype(np.float32)
+        out += carrier
     return out
 
 
@@ -260,7 +284,7 @@ def write_synthetic_braintreebank(
         raise ValueError("n_shafts must be in [1, 200]")
     movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
     truth: dict = {"seed": seed, "plant": plant, "latent_state": latent_state,
-                   "state_bands": STATE_BANDS, "fs": fs, "duration_s": duration_s,
+                   "state_rhythms": STATE_RHYTHMS, "fs": fs, "duration_s": duration_s,
                    "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
                    "burst_offset_s": -0.1, "burst_length_s": 0.4, "subjects": {}}
     movies = [_write_movie(root, np.random.default_rng([seed, 1_000_003, m]),

@@ -378,6 +378,7 @@ class StoreData:
             pcfg = ds.PretrainConfig(replace_p=float(d.replace_p), coord_jitter=float(
                 d.coord_jitter), pair_seed=self.seed, example_seed=self.seed,
                 keep_split_order=self.order == "upstream",
+                feature_norm=str(d.get("feature_norm", "none")),
                 position_code=position_code_of(config), **split)
 
             def make(name):

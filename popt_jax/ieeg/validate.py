@@ -104,6 +104,7 @@ def check_train(c: Checks, task: str, *, store_given: bool = False) -> None:
     c.positive_int(d + "time_blocks")
     c.fraction(d + "replace_p", open_low=False)
     c.non_negative(d + "coord_jitter")
+    c.choice(d + "feature_norm", ("none", "file"))
     c.non_negative_int(d + "num_workers")
     buckets = c.get(d + "buckets", None)
     c.rule(buckets is None or (len(buckets) > 0 and all(

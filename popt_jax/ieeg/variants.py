@@ -143,6 +143,7 @@ def finetune_sources(config, store: str | os.PathLike, *,
     for name in ("train", "val", "test"):
         parts = [ds.FinetuneSource(store, str(config.task), s, name, selection=selection,
                                    split_file=split_file, trials=trials,
+                                   feature_norm=str(d.get("feature_norm", "none")),
                                    position_code=position_code_of(config), **split)
                  for s in subjects]
         out[name] = parts[0] if len(parts) == 1 else ConcatSource(parts)

@@ -322,3 +322,37 @@ def test_bucket_padding_and_masks():
     assert not batch["x"][0, 5:].any() and not batch["token_label"][batch["pad_mask"]].any()
     assert not batch["coords"][batch["pad_mask"]].any()
     np.testing.assert_array_equal(batch["cls_label"], [1, 1, 0])
+
+
+def test_feature_norm_file(tmp_path):
+    """feature_norm="file": every dimension of a file's pretraining embeddings has mean 0 and
+    std 1; fine-tuning examples of the file use the same statistics; "none" reads as stored."""
+    path = features.write_random_features(tmp_path, 1, 0, n_electrodes=6, n_windows=40,
+                                          n_task=20, hidden_dim=5)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        stored = f["pretrain/embeddings"][:].astype(np.float64) * 3.0 + 7.0
+        task = f["windows/embeddings"][:].astype(np.float64) * 3.0 + 7.0
+    with h5py.File(path, "r+") as f:  # an offset and a scale the normalisation must undo
+        f["pretrain/embeddings"][:] = stored
+        f["windows/embeddings"][:] = task
+    mean, inv = ds.feature_norm_stats(path, "file")
+    np.testing.assert_allclose(mean, stored.reshape(-1, 5).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(inv, 1.0 / stored.reshape(-1, 5).std(0), rtol=1e-5)
+    assert ds.feature_norm_stats(path, "none") is None
+    with pytest.raises(ValueError, match="feature_norm"):
+        ds.feature_norm_stats(path, "zscore")
+    cfg = ds.PretrainConfig(split_mode="random", val_frac=0.1, test_frac=0.1,
+                            feature_norm="file")
+    src = ds.PretrainSource(tmp_path, "train", cfg)
+    rec = src[0]
+    w = int(src._win[0])
+    np.testing.assert_allclose(rec["a"], (stored[w] - mean) * inv, rtol=1e-5, atol=1e-5)
+    raw = ds.PretrainSource(tmp_path, "train", ds.PretrainConfig(
+        split_mode="random", val_frac=0.1, test_frac=0.1))[0]
+    np.testing.assert_allclose(raw["a"], stored[w], rtol=1e-6)
+    ft = ds.FinetuneSource(tmp_path, "volume", 1, "train", split_mode="random",
+                           feature_norm="file")
+    row = int(ft._row[0])
+    np.testing.assert_allclose(ft[0]["x"], (task[row] - mean) * inv, rtol=1e-5, atol=1e-5)
