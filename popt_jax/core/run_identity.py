@@ -76,7 +76,8 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 def _short(v: Any) -> str:
     text = json.dumps(v) if not isinstance(v, str) else repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
+    # Long values keep both ends: two paths usually differ in their last part.
+    return text if len(text) <= 80 else text[:37] + "..." + text[-40:]
 
 
 def check_or_record(workdir: str | os.PathLike, identity: dict[str, Any], *,

@@ -172,6 +172,7 @@ def test_leaky_run_writes_nothing_and_says_one_line(stand_in, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "provenance.json").write_text(json.dumps({"trained_on": ["btbank1_1"]}))
+    (ckpt / "m.safetensors").write_bytes(b"")  # refused by provenance before it is read
     work = tmp_path / "w"
     res = subprocess.run(
         [sys.executable, "-m", "popt_jax.main", "--config", "configs/neuroprobe.py:tiny",
