@@ -183,6 +183,59 @@ def test_loss_matches_reference_on_fixed_inputs():
         assert abs(float(a) - float(b)) <= 1e-6
 
 
+# ------------------------------------------------------------------------------ evaluation
+
+
+@pytest.mark.parametrize("loss_mask", ["upstream", "corrected"])
+def test_eval_splits_hidden_and_visible_cells(loss_mask):
+    """The validation sums split the loss-mask cells into hidden (inside a span) and visible
+    ones; copying the nearest unmasked frame is exact on the visible ones."""
+    from flax import nnx
+
+    from popt_jax.ieeg.brainbert import BrainBERT, BrainBERTConfig
+
+    cfg = masking.MaskConfig(loss_mask=loss_mask)
+    model = BrainBERT(BrainBERTConfig(hidden_dim=16, n_heads=2, ff_dim=32, n_layers=1),
+                      rngs=nnx.Rngs(0))
+    parts = steps.split_model(model)
+    mesh = mesh_lib.make_mesh(1)
+    eval_step = bp.make_eval_step(parts, cfg, mesh)
+    spec = jnp.asarray(_spec(6, 3))
+    valid = jnp.asarray([True] * 5 + [False])
+    key = jax.random.key(11)
+    sums, (_, loss_mask_out, pred) = eval_step(parts.params, spec, valid, key)
+    sums = {k: float(v) for k, v in sums.items()}
+    res = masking.fixed_mask(key, spec, cfg)
+    m = np.asarray(res.loss_mask) & np.asarray(valid)[:, None, None]
+    hid = m & (np.asarray(res.time_covered)[:, :, None] | np.asarray(res.freq_covered)[:, None])
+    err = np.abs(np.asarray(pred) - np.asarray(spec))
+    assert sums["n"] == m.sum() and sums["n_hidden"] == hid.sum()
+    np.testing.assert_allclose(sums["l1_hidden"], err[hid].sum(), rtol=1e-5)
+    out = bp.summarize(sums, 2.0)
+    np.testing.assert_allclose(out["l1_hidden"], err[hid].mean(), rtol=1e-5)
+    if loss_mask == "upstream":
+        assert 0 < out["hidden_fraction"] < 1
+        np.testing.assert_allclose(out["l1_visible"], err[m & ~hid].mean(), rtol=1e-5)
+        assert out["copy_l1_visible"] == 0.0 < out["copy_l1_hidden"]
+    else:
+        assert out["hidden_fraction"] == 1.0 and math.isnan(out["l1_visible"])
+    line = bp.l1_line(out)
+    assert "copy-nearest-frame" in line and ("visible" in line) == (loss_mask == "upstream")
+
+
+def test_departures_from_upstream_are_listed():
+    from popt_jax.core.config_lib import load_sibling_config
+
+    module = load_sibling_config(os.path.join(REPO, "configs", "x.py"), "pretrain_brainbert")
+    assert bp.departures_from_upstream(module.get_config("paper")) == []
+    default = bp.departures_from_upstream(module.get_config())
+    assert any(d.startswith("lr ") for d in default)
+    cfg = module.get_config("paper")
+    cfg.mask.loss_mask = "corrected"
+    assert bp.departures_from_upstream(cfg) == [
+        "mask.loss_mask 'corrected' (upstream 'upstream')"]
+
+
 # ------------------------------------------------------------------------------ one step
 
 
