@@ -28,7 +28,10 @@ and `extract_features --config.brainbert_checkpoint=.../model.safetensors` take 
 
 Visible learning: every validation reports the masked-cell L1 of the model next to two
 baselines on the same cells: predicting zero (the z-scored mean) and copying the nearest
-frame outside every time span of the masked input.
+frame outside every time span of the masked input; each on all loss-mask cells, on the
+hidden ones (inside a time or frequency span) and on the visible ones (upstream's quirk
+columns outside every span, where the copy baseline is exact). The run logs every recipe
+field off upstream's values (`departures_from_upstream`) and ends with a one-line verdict.
 """
 
 from __future__ import annotations
