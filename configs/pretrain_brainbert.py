@@ -4,9 +4,12 @@
 
 The default runs in a few minutes on a 2-core CPU: with no `data.root` it writes a synthetic
 Brain Treebank under the workdir, builds the spectrogram store (non-overlapping 5 s windows of
-the selected electrodes), and pretrains a SMALL BrainBERT (hidden 64, 2 layers) for 1000 steps
-at batch 16 and lr 1e-2. The published "stft large" model (hidden 768, 6 layers) is far too slow for a
-few-minute CPU default.
+the selected electrodes), and pretrains a SMALL BrainBERT (hidden 64, 2 layers, no dropout)
+for 3000 steps at batch 16 and lr 1e-2 with upstream's masking and loss mask. The published
+"stft large" model (hidden 768, 6 layers) is far too slow for a few-minute CPU default. The
+run logs every field that departs from upstream's recipe, and each validation the
+masked-cell L1 of the model and both baselines on all loss-mask cells, the hidden ones
+(inside a masked span) and the visible ones (upstream's quirk columns).
 
 The paper recipe (upstream README + conf/exp/spec2vec.yaml: published architecture, LAMB lr
 1e-4, batch 256, 500k steps, ramp_up 2.5% / gamma 0.99, clip 1.0, mask p 0.05, val/test 1%):
@@ -81,7 +84,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.mask.keep_p = 0.1  # masked span left as is
     config.mask.replace_p = 0.1  # masked span replaced by another span
     # "upstream" (parity: time spans also mark frequency columns; frequency spans not in the
-    # loss) or "corrected" (time-span frames + frequency-span bins)
+    # loss) or "corrected" (time-span frames + frequency-span bins). Under the quirk ~40% of
+    # the loss cells are VISIBLE in the input (copying the nearest unmasked frame is exact
+    # there); validation reports the hidden and visible cells separately. The small default
+    # keeps the quirk: trained on "corrected" alone it learnt nothing in 1000 steps (the
+    # visible cells teach the pass-through that interpolation then builds on).
     config.mask.loss_mask = "upstream"
     config.alpha = 2.0  # weight of the |target| > 1 (content-aware) L1 term
 
@@ -92,7 +99,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.n_heads = 12 if paper else 2  # 12
     config.model.ff_dim = 3072 if paper else (64 if tiny else 128)  # 3072
     config.model.n_layers = 6 if paper else (1 if tiny else 2)  # 6
-    config.model.dropout = 0.1  # input, attention and FFN dropout (upstream 0.1)
+    # input, attention and FFN dropout (upstream 0.1); off in the short small default, where
+    # it only slows learning (nothing to overfit in a few thousand steps); on in :tiny, whose
+    # job test covers the dropout path
+    config.model.dropout = 0.0 if arg in (None, "") else 0.1
     config.compute_dtype = "float32"  # or "bfloat16" (accelerators): float32 params
 
     # Optimisation (upstream spec2vec.yaml): LAMB + ramp_up, clip, backward(loss).
@@ -107,11 +117,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.warmup = 0.025  # linear warm-up fraction of total_steps
     config.gamma = 0.99  # then lr x gamma every (total - warm-up) / 100 steps
     config.loss_scaled_grad = True  # upstream loss.backward(loss): gradient = loss x dloss
-    config.total_steps = 500_000 if paper else (6 if tiny else 1000)  # optimiser steps
+    config.total_steps = 500_000 if paper else (6 if tiny else 3000)  # optimiser steps
     config.batch_size = 256 if paper else (8 if tiny else 16)  # global batch
     config.eval_batch_size = 256 if paper else (8 if tiny else 64)  # validation/test batch
-    config.log_every = 1000 if paper else (2 if tiny else 50)  # steps between progress lines
-    config.eval_every = 1000 if paper else (3 if tiny else 250)  # steps between validations
+    config.log_every = 1000 if paper else (2 if tiny else 100)  # steps between progress lines
+    config.eval_every = 1000 if paper else (3 if tiny else 500)  # steps between validations
     config.keep_checkpoints = 2  # latest checkpoints kept (plus the best)
     config.rng_impl = "threefry2x32"  # PRNG of the per-step mask and dropout keys
     config.num_devices = 0  # devices in the data mesh; 0 = all

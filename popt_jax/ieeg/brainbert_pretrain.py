@@ -28,7 +28,10 @@ and `extract_features --config.brainbert_checkpoint=.../model.safetensors` take 
 
 Visible learning: every validation reports the masked-cell L1 of the model next to two
 baselines on the same cells: predicting zero (the z-scored mean) and copying the nearest
-frame outside every time span of the masked input.
+frame outside every time span of the masked input; each on all loss-mask cells, on the
+hidden ones (inside a time or frequency span) and on the visible ones (upstream's quirk
+columns outside every span, where the copy baseline is exact). The run logs every recipe
+field off upstream's values (`departures_from_upstream`) and ends with a one-line verdict.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ from popt_jax.ieeg.brainbert import BrainBERT, BrainBERTConfig
 
 CHECKPOINT_FORMAT = "popt_jax.brainbert_pretrain/1"
 EVAL_SUMS = ("n", "l1", "n_content", "content", "zero_l1", "zero_content", "copy_l1",
-             "copy_content")
+             "copy_content", "n_hidden", "l1_hidden", "zero_l1_hidden", "copy_l1_hidden")
+PREDICTORS = (("", "model"), ("zero_", "predict-zero"), ("copy_", "copy-nearest-frame"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +203,10 @@ def make_eval_step(parts: steps.ModelParts, mask_cfg: masking.MaskConfig, mesh, 
     """Jitted `eval_step(params, spec, valid, key) -> (sums, (masked, loss_mask, pred))`.
 
     Sums (`EVAL_SUMS`) cover the model and the two baselines on the same loss-mask cells of
-    the `valid` rows; masks come from `key` (fixed per validation batch: deterministic).
+    the `valid` rows; masks come from `key` (fixed per validation batch: deterministic). The
+    `*_hidden` sums take the loss-mask cells inside a time or frequency span (whatever the
+    span's action); the rest of the loss mask is visible in the input (upstream's quirk
+    columns outside every span), where copying the nearest unmasked frame is exact.
     """
     rep = mesh_lib.replicated(mesh)
     spec_tpl = steps.rng_spec(parts.rngs)
@@ -211,11 +218,17 @@ def make_eval_step(parts: steps.ModelParts, mask_cfg: masking.MaskConfig, mesh, 
         pred = _forward(parts._replace(consts=consts), params, res.masked, None, rngs, True,
                         dtype)
         m = res.loss_mask & valid[:, None, None]
+        hidden = m & (res.time_covered[:, :, None] | res.freq_covered[:, None, :])
+        zero_pred = jnp.zeros_like(spec)
+        copy_pred = copy_nearest_prediction(res.masked, res.time_covered)
         model = masked_l1_sums(pred, spec, m)
-        zero = masked_l1_sums(jnp.zeros_like(spec), spec, m)
-        copy = masked_l1_sums(copy_nearest_prediction(res.masked, res.time_covered), spec, m)
+        zero = masked_l1_sums(zero_pred, spec, m)
+        copy = masked_l1_sums(copy_pred, spec, m)
         sums = {**model, "zero_l1": zero["l1"], "zero_content": zero["content"],
-                "copy_l1": copy["l1"], "copy_content": copy["content"]}
+                "copy_l1": copy["l1"], "copy_content": copy["content"],
+                "n_hidden": hidden.sum().astype(jnp.float32)}
+        for name, p in (("", pred), ("zero_", zero_pred), ("copy_", copy_pred)):
+            sums[f"{name}l1_hidden"] = masked_l1_sums(p, spec, hidden)["l1"]
         return sums, (res.masked, res.loss_mask, pred)
 
     jitted = jax.jit(step, out_shardings=(rep, rep))
@@ -224,16 +237,31 @@ def make_eval_step(parts: steps.ModelParts, mask_cfg: masking.MaskConfig, mesh, 
 
 
 def summarize(sums: dict[str, float], alpha: float) -> dict[str, float]:
-    """Validation metrics from accumulated sums: model and baseline L1 / loss."""
+    """Validation metrics from accumulated sums: model and baseline L1 / loss, and the L1 on
+    the hidden (inside a masked span) and visible loss-mask cells separately (NaN if none)."""
     n, nc = max(sums["n"], 1.0), max(sums["n_content"], 1.0)
+    n_hid, n_vis = sums["n_hidden"], sums["n"] - sums["n_hidden"]
     out = {}
-    for name, l1, content in (("", "l1", "content"), ("zero_", "zero_l1", "zero_content"),
-                              ("copy_", "copy_l1", "copy_content")):
-        out[f"{name}l1"] = sums[l1] / n
-        out[f"{name}content_l1"] = sums[content] / nc
+    for name, _ in PREDICTORS:
+        out[f"{name}l1"] = sums[f"{name}l1"] / n
+        out[f"{name}content_l1"] = sums[f"{name}content"] / nc
         out[f"{name}loss"] = out[f"{name}l1"] + alpha * out[f"{name}content_l1"]
+        hid = sums[f"{name}l1_hidden"]
+        out[f"{name}l1_hidden"] = hid / n_hid if n_hid > 0 else float("nan")
+        out[f"{name}l1_visible"] = (sums[f"{name}l1"] - hid) / n_vis if n_vis > 0 else float("nan")
     out["masked_cells"] = sums["n"]
+    out["hidden_fraction"] = n_hid / n
     return out
+
+
+def l1_line(values: dict[str, float]) -> str:
+    """One log line: masked-cell L1 of the model and both baselines, all / hidden / visible."""
+    parts = []
+    for name, label in PREDICTORS:
+        hid, vis = values[f"{name}l1_hidden"], values[f"{name}l1_visible"]
+        split = f"hidden {hid:.4f}" + ("" if np.isnan(vis) else f", visible {vis:.4f}")
+        parts.append(f"{label} {values[f'{name}l1']:.4f} ({split})")
+    return "masked-cell L1: " + ", ".join(parts)
 
 
 def evaluate(eval_step, params, batches, key: jax.Array, mesh, alpha: float,
@@ -257,6 +285,49 @@ def evaluate(eval_step, params, batches, key: jax.Array, mesh, alpha: float,
 # --------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------
+
+# Upstream's recipe (README + conf/exp/spec2vec.yaml, fixed_mask_pretrain.yaml, masked_tf_model
+# "stft large"): a run whose config differs says so in its log and results.json. Tuples list
+# every value upstream uses (mask p: README 0.05, yaml 0.1).
+UPSTREAM_RECIPE = {
+    "optimizer": ("lamb",), "lr": (1e-4,), "batch_size": (256,), "total_steps": (500_000,),
+    "warmup": (0.025,), "gamma": (0.99,), "grad_clip": (1.0,), "loss_scaled_grad": (True,),
+    "alpha": (2.0,), "weight_decay": (0.0,), "model.hidden_dim": (768,), "model.n_heads": (12,),
+    "model.ff_dim": (3072,), "model.n_layers": (6,), "model.dropout": (0.1,),
+    "mask.loss_mask": ("upstream",), "mask.time_p": (0.05, 0.1), "mask.freq_p": (0.05, 0.1),
+    "mask.time_min": (1,), "mask.time_max": (5,), "mask.freq_min": (1,), "mask.freq_max": (2,),
+    "mask.keep_p": (0.1,), "mask.replace_p": (0.1,),
+}
+
+
+def departures_from_upstream(config) -> list[str]:
+    """'field value (upstream ...)' for every recipe field of `config` off upstream's values."""
+    out = []
+    for field, allowed in UPSTREAM_RECIPE.items():
+        node = config
+        for part in field.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None or node in allowed:
+            continue
+        if isinstance(node, float) and any(isinstance(a, float) and abs(node - a) <= 1e-12
+                                           for a in allowed):
+            continue
+        out.append(f"{field} {node!r} (upstream {' or '.join(map(repr, allowed))})")
+    return out
+
+
+def verdict(test: dict[str, float]) -> str:
+    """One line: does the model beat both baselines on the test split's masked cells?"""
+    model = test["l1"]
+
+    def versus(name: str, label: str) -> str:
+        gap = 100 * (1 - model / test[name])
+        return f"{label} {test[name]:.4f}, model {abs(gap):.1f}% {'lower' if gap > 0 else 'higher'}"
+
+    beats = model < test["zero_l1"] and model < test["copy_l1"]
+    return (f"model masked-cell L1 {model:.4f} is {'BELOW' if beats else 'NOT below'} both "
+            f"baselines ({versus('zero_l1', 'predict-zero')}; "
+            f"{versus('copy_l1', 'copy-nearest-frame')})")
 
 
 def mask_config_from(cfg) -> masking.MaskConfig:
@@ -330,6 +401,10 @@ def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     quiet_orbax_logs()
+    departures = departures_from_upstream(config)
+    if departures:
+        logging.info("this run departs from upstream's pretraining recipe: %s",
+                     "; ".join(departures))
     root, selection, trials = _resolve_data(config, workdir)
     d = config.data
     store = Path(d.store) if d.store else workdir / "spectrograms.h5"
@@ -390,8 +465,7 @@ def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
     def validate_and_log(p):
         values, _ = validate(p, "val")
         history.append({"step": state.step, **values})
-        logging.info("masked-cell L1: model %.4f, predict-zero %.4f, copy-nearest-frame %.4f",
-                     values["l1"], values["zero_l1"], values["copy_l1"])
+        logging.info("step %d %s", state.step, l1_line(values))
         return values
 
     try:
@@ -402,10 +476,11 @@ def pretrain_brainbert(config, workdir: str | os.PathLike) -> dict[str, Any]:
         val, first = validate(best_params, "val")
         test, _ = validate(best_params, "test")
         logs.write(state.step, "test", test)
-        logging.info("test (best step %s): masked-cell L1 model %.4f, predict-zero %.4f, "
-                     "copy-nearest-frame %.4f", best, test["l1"], test["zero_l1"],
-                     test["copy_l1"])
+        logging.info("test (best step %s): %s", best, l1_line(test))
+        logging.info("test: %s%s", verdict(test), " (a run off upstream's recipe, see above)"
+                     if departures else "")
         results = {"best_step": best, "best_valid": val, "test": test, "steps": state.step,
+                   "verdict": verdict(test), "departures_from_upstream": departures,
                    "train_seconds": round(state.train_seconds, 3), "history": history,
                    "store": str(store), "splits": {k: len(v) for k, v in sources.items()},
                    "model": dataclasses.asdict(model_cfg), "mask": dataclasses.asdict(mask_cfg),
