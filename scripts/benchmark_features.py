@@ -28,8 +28,10 @@ import numpy as np
 import scipy.signal
 import torch
 
-from popt_jax import ieeg as models
-from popt_jax.ieeg import convert, signal
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from popt_jax import ieeg as models  # noqa: E402
+from popt_jax.ieeg import convert, signal  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,6 +75,7 @@ def main(argv=None) -> None:
     n = args.windows * args.electrodes
     wav = np.random.default_rng(0).standard_normal(
         (args.windows, args.electrodes, args.samples)).astype(np.float32)
+    print(f"popt_jax from {os.path.dirname(models.__file__)}")
     print(f"JAX {jax.__version__} on {jax.devices()}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"BrainBERT hidden {args.hidden}, {args.layers} layers, ff {args.ff}; {args.windows} "

@@ -15,15 +15,19 @@ and prints the expected feature time of Neuroprobe Lite (12 sessions x <= 3500 w
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from popt_jax.ieeg import brainbert as bb_lib
-from popt_jax.ieeg import neuroprobe as NP
-from popt_jax.ieeg import preprocess as pp
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from popt_jax.ieeg import brainbert as bb_lib  # noqa: E402
+from popt_jax.ieeg import neuroprobe as NP  # noqa: E402
+from popt_jax.ieeg import preprocess as pp  # noqa: E402
 
 LITE_ELECTRODE_WINDOWS = 12 * 3500 * 120
 
