@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.compute_dtype = "float32"  # float32 (parity) or bfloat16 (accelerators)
     config.storage_dtype = "float32"  # float32 or float16 embeddings on disk
     config.batch_windows = 32  # windows per device call (x electrodes x 10240 samples)
-    config.chunk = config_dict.placeholder(int)  # brainbert_embed inner chunk; None = whole
+    config.chunk = config_dict.placeholder(int)  # electrode-windows per inner step; None = auto
     config.max_windows = -1 if paper else 100  # cap per group and trial; -1 = all windows
     config.max_pretrain_windows = 0  # cap of the pretraining group; 0 = max_windows, -1 = all
     config.progress_every_s = 5.0  # seconds between progress lines

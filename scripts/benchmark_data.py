@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +35,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from popt_jax import ieeg as models
-from popt_jax.ieeg import datasets as ds
-from popt_jax.ieeg import extract as features
-from popt_jax.ieeg import feature_store
-from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from popt_jax import ieeg as models  # noqa: E402
+from popt_jax.ieeg import datasets as ds  # noqa: E402
+from popt_jax.ieeg import extract as features  # noqa: E402
+from popt_jax.ieeg import feature_store  # noqa: E402
+from popt_jax.ieeg.synthetic import write_synthetic_braintreebank  # noqa: E402
 
 
 def _feature_store_rate(src: ds.PretrainSource, batch_size: int, batches: int,

@@ -7,8 +7,9 @@ Reference ("torch, upstream style"): per window, scipy.signal.stft in float64 + 
 (`tests/torch_reference.ref_brainbert_spectrogram`, upstream's front end), then
 `RefBrainBERT` (torch.nn.TransformerEncoder, eval mode, no_grad) on all the window's
 electrodes and the mean of the 10 centre frames. popt_jax: `brainbert_embed` on the same
-windows, all of a call's windows in one jitted program (STFT as a DFT matmul, the last layer
-computing only the pooled frames). Both use the same weights (converted with
+windows, all of a call's windows in one jitted program (STFT as a DFT matmul; electrode-windows
+in steps of `--chunk`, by default `brainbert.default_chunk()`: 4 on a CPU, small enough for
+the activations to stay in cache; the last layer computing only the 10 pooled queries). Both use the same weights (converted with
 `convert.brainbert_from_state_dict`), and the script checks the outputs agree (max |diff|).
 Figures: electrode-windows/s, best of `--repeats` passes, the two frameworks alternating so
 that load on a shared machine hits both; also the STFT front ends alone.
@@ -27,8 +28,10 @@ import numpy as np
 import scipy.signal
 import torch
 
-from popt_jax import ieeg as models
-from popt_jax.ieeg import convert, signal
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from popt_jax import ieeg as models  # noqa: E402
+from popt_jax.ieeg import convert, signal  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +58,8 @@ def main(argv=None) -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--ff", type=int, default=3072)
-    p.add_argument("--chunk", type=int, default=0, help="brainbert_embed chunk (0 = none)")
+    p.add_argument("--chunk", default="auto",
+                   help="brainbert_embed chunk: auto (brainbert.default_chunk()), N, or 0 = none")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--tiny", action="store_true",
@@ -71,11 +75,12 @@ def main(argv=None) -> None:
     n = args.windows * args.electrodes
     wav = np.random.default_rng(0).standard_normal(
         (args.windows, args.electrodes, args.samples)).astype(np.float32)
+    print(f"popt_jax from {os.path.dirname(models.__file__)}")
     print(f"JAX {jax.__version__} on {jax.devices()}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"BrainBERT hidden {args.hidden}, {args.layers} layers, ff {args.ff}; {args.windows} "
           f"windows x {args.electrodes} electrodes x {args.samples} samples = {n} "
-          "electrode-windows")
+          f"electrode-windows; popt_jax chunk {args.chunk}")
 
     ref = randomize(RefBrainBERT(hidden_dim=args.hidden, nhead=args.heads, ff=args.ff,
                                  n_layers=args.layers), seed=0).eval()
@@ -95,7 +100,7 @@ def main(argv=None) -> None:
         return np.stack(out)
 
     wav_dev = jnp.asarray(wav)
-    chunk = args.chunk or None
+    chunk = args.chunk if args.chunk == "auto" else (int(args.chunk) or None)
 
     def jax_embed():
         return np.asarray(jax.block_until_ready(

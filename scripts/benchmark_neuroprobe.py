@@ -22,15 +22,19 @@ folds x `--ft-steps` steps x `--ft-batch` windows).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from popt_jax.ieeg import brainbert as bb_lib
-from popt_jax.ieeg import neuroprobe as NP
-from popt_jax.ieeg import preprocess as pp
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from popt_jax.ieeg import brainbert as bb_lib  # noqa: E402
+from popt_jax.ieeg import neuroprobe as NP  # noqa: E402
+from popt_jax.ieeg import preprocess as pp  # noqa: E402
 
 # Neuroprobe Lite: sum over its 12 sessions of 3500 windows x the subject's Lite electrodes
 # (neuroprobe.config.NEUROPROBE_LITE_ELECTRODES: 120, 120, 119, 119, 109, 109, 120, 120, 119,

@@ -36,10 +36,12 @@ import numpy as np
 import torch
 from flax import nnx
 
-from popt_jax import ieeg as models
-from popt_jax.core import mesh as mesh_lib
-from popt_jax.core import steps
-from popt_jax.ieeg import objectives, optim
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from popt_jax import ieeg as models  # noqa: E402
+from popt_jax.core import mesh as mesh_lib  # noqa: E402
+from popt_jax.core import steps  # noqa: E402
+from popt_jax.ieeg import objectives, optim  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -238,6 +240,7 @@ def main(argv=None) -> None:
     n = math.ceil(args.batches / args.group) * args.group
     popt_cfg = models.PopTConfig(input_dim=args.input_dim, hidden_dim=args.hidden,
                                  n_heads=args.heads, ff_dim=args.ff, n_layers=args.layers)
+    print(f"popt_jax from {os.path.dirname(models.__file__)}")
     print(f"JAX {jax.__version__} on {jax.devices()}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"PopT hidden {args.hidden}, {args.layers} layers, {args.heads} heads, ff {args.ff}, "

@@ -1,4 +1,5 @@
-"""Small NN helpers shared by every model family: PyTorch-style init and buffers.
+"""Small NN helpers shared by every model family: PyTorch-style init, buffers and a
+hashed-index dropout.
 
 Model code holds no paths, devices or sampling rates: configs and data code do.
 """
@@ -49,3 +50,61 @@ def cast_floats(tree, dtype):
         lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer finaliser with full avalanche (xor-shift / multiply rounds)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x21F0AAAD)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0xD35A2D97)
+    return x ^ (x >> 15)
+
+
+def hashed_bits(key: jax.Array, shape: tuple[int, ...], rows: jax.Array | None = None
+                ) -> jax.Array:
+    """uint32 pseudo-random bits of `shape`: a keyed hash of each element's logical index.
+
+    The index is the element's flat position in `shape`, or, with `rows` (shape[:-1]), the
+    position `rows * shape[-1] + last index` in the array the rows were taken from: a packed
+    array (`TokenPacking.rows`) then gets exactly the bits of its padded original.
+
+    Two rounds of `_mix32` keyed by 64 bits drawn from `key`. Unlike `jax.random.bits`
+    (threefry: 20 rounds per pair of words; rbg: an unfused `rng_bit_generator` call), this is
+    a handful of integer ops that XLA fuses into the consumer, so a dropout mask costs about
+    as much as the multiply it feeds. The bits depend only on the key and the logical index,
+    so they are the same however the array is sharded or packed. Good enough for dropout
+    masks, not for anything needing statistical-test quality.
+    """
+    s = jax.random.bits(key, (2,), jnp.uint32)
+    if rows is None:
+        idx = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    else:
+        last = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+        idx = rows.astype(jnp.uint32)[..., None] * jnp.uint32(shape[-1]) + last
+    return _mix32(_mix32(idx ^ s[0]) + s[1])
+
+
+class Dropout(nnx.Dropout):
+    """`nnx.Dropout` (same state, streams and semantics) with the mask from `hashed_bits`.
+
+    An element is kept when its bits are >= round(rate * 2**32), so the drop probability is
+    `rate` to within 2**-32; kept elements are scaled by 1 / (1 - rate) as in torch. `rows`
+    (optional, inputs.shape[:-1]) names each row's position in the unpacked array.
+    """
+
+    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None,
+                 rows: jax.Array | None = None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if deterministic or self.rate == 0.0:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        if self.broadcast_dims:
+            raise NotImplementedError("hashed dropout has no broadcast_dims")
+        stream = self.rngs if rngs is None else rngs
+        if isinstance(stream, nnx.Rngs):
+            stream = stream[self.rng_collection]
+        key = stream() if callable(stream) else stream
+        threshold = jnp.uint32(min(round(self.rate * 2.0**32), 2**32 - 1))
+        keep = hashed_bits(key, inputs.shape, rows) >= threshold
+        return jnp.where(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs)).astype(
+            inputs.dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -21,8 +22,8 @@ from popt_jax.ieeg import signal as signal_lib
 from popt_jax.ieeg.layers import (
     Dropout,
     Encoder,
+    EncoderLayer,
     SpecPredictionHead,
-    TokenPacking,
     default_attention,
     set_attention,
     sinusoid_table,
@@ -120,31 +121,46 @@ def center_pool(hidden: jax.Array, half_width: int = 5) -> jax.Array:
 
 
 
-def _centre_rows(batch: int, length: int, half_width: int) -> TokenPacking:
-    """Out-rows packing that keeps the frames `center_pool` averages, one group per row.
+def _pooled_last_layer(layer: EncoderLayer, x: jax.Array, half_width: int) -> jax.Array:
+    """`center_pool(layer(x))` (eval mode, no padding) computing only what the pool reads.
 
-    Only `pack` reads it (gather, and rows for dropout, which is off here), so the
-    scatter field repeats gather.
+    Only the 2 * half_width centre queries are needed, but they attend to every frame, whose
+    keys and values (2 T d^2 multiply-adds) would cost more than the rest of the layer. The
+    same sums are regrouped per head h instead (exact in real arithmetic):
+      logits = q_h . (x Wk_h + bk_h) = (q_h Wk_h^T) . x + q_h . bk_h, and the last term is
+        the same for every key of a query, which the softmax cancels;
+      attn_h = p_h (x Wv_h + bv_h) = (p_h x) Wv_h + bv_h, as each row of p_h sums to 1;
+    so the layer costs O(P d^2 + P T d) for P pooled rows instead of O(T d^2).
     """
+    mha = layer.self_attn
+    b, length, d = x.shape
+    heads = mha.n_heads
+    hd = d // heads
     mid = length // 2
-    gather = jnp.broadcast_to(jnp.arange(mid - half_width, mid + half_width, dtype=jnp.int32),
-                              (batch, 2 * half_width))
-    rows = gather + (jnp.arange(batch, dtype=jnp.int32) * length)[:, None]
-    return TokenPacking(gather, gather, rows, length)
+    centre = x[:, mid - half_width: mid + half_width]  # [B, P, d]
+    q = (mha.query(centre) * (1.0 / math.sqrt(hd))).reshape(b, -1, heads, hd)
+    qk = jnp.einsum("bphe,dhe->bhpd", q, mha.key.kernel.value.reshape(d, heads, hd))
+    logits = jnp.einsum("bhpd,btd->bhpt", qk, x).astype(jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+    px = jnp.einsum("bhpt,btd->bhpd", weights, x)
+    attn = jnp.einsum("bhpd,dhe->bphe", px, mha.value.kernel.value.reshape(d, heads, hd))
+    attn = attn.reshape(b, -1, d) + mha.value.bias.value
+    out = layer.finish(centre, mha.out(attn), deterministic=True)
+    return jnp.mean(out, axis=-2)
 
 
 def pooled_embedding(model: BrainBERT, spec: jax.Array, half_width: int = 5) -> jax.Array:
-    """`center_pool(model(spec))` (eval mode), with the last layer's post-attention work
-    (output projection, residual, LayerNorms, FFN) done for the pooled frames only.
+    """`center_pool(model(spec))` (eval mode) with the last layer reduced to the pooled frames.
 
     Every layer but the last needs all frames (they are the last layer's keys and values);
-    the last one only the 2 * half_width frames that are averaged: for 186 frames its
-    per-token cost drops from 12 d^2 to the 2 d^2 of the keys and values, ~14% of the model.
+    the last one computes only its 2 * half_width centre queries (`_pooled_last_layer`): for
+    186 frames it costs ~4% of a full layer instead of 100%.
     """
     x = model.input_encoding(spec, deterministic=True)
-    rows = _centre_rows(spec.shape[0], spec.shape[1], half_width)
-    hidden, _ = model.transformer(x, None, deterministic=True, out_packing=rows)
-    return jnp.mean(hidden, axis=-2)
+    layers = model.transformer.layers
+    for layer in layers[:-1]:
+        x, _ = layer(x, None, deterministic=True)
+    return _pooled_last_layer(layers[-1], x, half_width)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "compute_dtype", "chunk", "stft_kw",
@@ -174,7 +190,20 @@ def _embed(graphdef, state, wav, compute_dtype, chunk, stft_kw, attention="einsu
     return out.reshape(*lead, out.shape[-1])
 
 
-def brainbert_embed(model: BrainBERT, wav, *, compute_dtype=jnp.float32, chunk: int | None = 256,
+def default_chunk() -> int:
+    """`brainbert_embed`'s electrode-windows per inner step on JAX's default backend.
+
+    CPU: 4. Each step's activations (4 x 186 frames: the FFN's [744, 3072] is 9 MB) then stay
+    in the caches between the GEMMs and the elementwise passes (bias, GELU, LayerNorm, the
+    softmax), which on a 2-core machine made extraction 1.2-1.5x faster than one step over
+    64 electrode-windows (scripts/benchmark_features.py). Accelerators: 256 (bounds memory;
+    larger GEMMs keep the device busy).
+    """
+    return 4 if jax.default_backend() == "cpu" else 256
+
+
+def brainbert_embed(model: BrainBERT, wav, *, compute_dtype=jnp.float32,
+                    chunk: int | str | None = "auto",
                     nperseg: int = 400, noverlap: int = 350, n_freqs: int = 40,
                     trim: int = 10, attention: str | None = None) -> jax.Array:
     """Raw sEEG windows [..., n_samples] -> BrainBERT embeddings [..., hidden] (one jit).
@@ -189,7 +218,8 @@ def brainbert_embed(model: BrainBERT, wav, *, compute_dtype=jnp.float32, chunk: 
       wav: float array [..., n_samples] (10240 for 5 s at 2048 Hz).
       compute_dtype: float32 (default, parity) or bfloat16 (faster on accelerators; the STFT
         and softmax stay float32).
-      chunk: electrode-windows per inner step (bounds activation memory); None = all at once.
+      chunk: electrode-windows per inner step (bounds activation memory, and on CPUs keeps
+        it in cache); "auto" = `default_chunk()`; None = all at once.
       nperseg, noverlap, n_freqs, trim: STFT parameters (upstream defaults).
       attention: "einsum", "xla" or "cudnn" (`layers.set_attention`); None = cuDNN's fused
         attention on GPUs (bfloat16; float32 uses XLA's), einsum elsewhere.
@@ -197,6 +227,8 @@ def brainbert_embed(model: BrainBERT, wav, *, compute_dtype=jnp.float32, chunk: 
     Returns:
       float32 [..., hidden].
     """
+    if chunk == "auto":
+        chunk = default_chunk()
     graphdef, state = nnx.split(model)
     stft_kw = (("nperseg", nperseg), ("noverlap", noverlap), ("n_freqs", n_freqs), ("trim", trim))
     return _embed(graphdef, state, jnp.asarray(wav), jnp.dtype(compute_dtype), chunk, stft_kw,

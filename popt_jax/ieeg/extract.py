@@ -123,7 +123,8 @@ def _window_batch(data: np.ndarray, starts: np.ndarray, length: int, size: int) 
 
 
 def _embed_all(model: brainbert.BrainBERT, data: np.ndarray, starts: np.ndarray, length: int,
-               sink: h5py.Dataset, *, batch_windows: int, compute_dtype, chunk: int | None,
+               sink: h5py.Dataset, *, batch_windows: int, compute_dtype,
+               chunk: int | str | None,
                progress: Progress) -> None:
     """Embed the windows at ``starts`` into ``sink`` rows 0..len-1, one jitted shape.
 
@@ -151,7 +152,7 @@ def _write_trial(bt: BrainTreebank, model: brainbert.BrainBERT, subject: str, tr
                  names: list[str], path: Path, attrs: dict[str, Any], *,
                  cfg: pp.PreprocessConfig, tasks: Sequence[str], batch_windows: int,
                  compute_dtype, storage_dtype: str, max_windows: int | None,
-                 chunk: int | None, progress_every_s: float,
+                 chunk: int | str | None, progress_every_s: float,
                  max_pretrain_windows: int | None = None) -> int:
     """Preprocess one trial, embed its windows and write ``path`` atomically; returns windows."""
     label = f"{subject} {trial}"
@@ -269,7 +270,7 @@ def _extract(root, out_dir, *, checkpoint_hash: str, subjects=None, trials=None,
              selection=None, brainbert=None, preprocess_cfg=None,
              tasks=DEFAULT_TASKS, batch_windows: int = 32, compute_dtype=jnp.float32,
              storage_dtype: str = "float32", max_windows: int | None = None, seed: int = 0,
-             chunk: int | None = None, progress_every_s: float = 5.0,
+             chunk: int | str | None = "auto", progress_every_s: float = 5.0,
              max_pretrain_windows: int | None = None) -> tuple[list[Path], dict[str, int]]:
     """`extract_features`, also returning counts of the work done (for the job summary)."""
     unknown = [t for t in tasks if t not in feature_store.ALL_TASKS]
@@ -335,7 +336,7 @@ def extract_features(root: str | os.PathLike, out_dir: str | os.PathLike, *,
                      preprocess_cfg: pp.PreprocessConfig | None = None,
                      tasks: Sequence[str] = DEFAULT_TASKS, batch_windows: int = 32,
                      compute_dtype=jnp.float32, storage_dtype: str = "float32",
-                     max_windows: int | None = None, seed: int = 0, chunk: int | None = None,
+                     max_windows: int | None = None, seed: int = 0, chunk: int | str | None = "auto",
                      progress_every_s: float = 5.0) -> list[Path]:
     """Embed every subject-trial's windows with BrainBERT into one HDF5 file each.
 
@@ -358,7 +359,8 @@ def extract_features(root: str | os.PathLike, out_dir: str | os.PathLike, *,
         max_windows: cap per group and trial (None = all): the first pretraining windows,
             and a seeded class-balanced subset of each task's examples.
         seed: random-weights seed when ``brainbert`` is None.
-        chunk: passed to `brainbert.brainbert_embed` (None = the whole batch at once).
+        chunk: passed to `brainbert.brainbert_embed` ("auto" = `brainbert.default_chunk()`,
+          None = the whole batch at once).
         progress_every_s: seconds between progress lines.
 
     Returns:
@@ -485,7 +487,7 @@ def extract_features_job(config, workdir: str | os.PathLike) -> dict[str, Any]:
             config.preprocess), tasks=tuple(config.tasks), batch_windows=config.batch_windows,
         compute_dtype=jnp.dtype(config.compute_dtype), storage_dtype=config.storage_dtype,
         max_windows=None if config.max_windows is None or config.max_windows < 0
-        else config.max_windows, seed=config.seed, chunk=config.get("chunk"),
+        else config.max_windows, seed=config.seed, chunk=config.get("chunk") or "auto",
         progress_every_s=config.get("progress_every_s", 5.0),
         max_pretrain_windows=_pretrain_cap(config), trials=trials)
     seconds = time.perf_counter() - t0

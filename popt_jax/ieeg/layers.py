@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from popt_jax.core.nn import layer_norm, torch_linear
+from popt_jax.core.nn import Dropout, hashed_bits, layer_norm, torch_linear  # noqa: F401
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
@@ -47,66 +47,6 @@ def activation(name: str):
     raise ValueError(f"activation must be 'gelu' or 'relu', got {name!r}")
 
 
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """A 32-bit integer finaliser with full avalanche (xor-shift / multiply rounds)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x21F0AAAD)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0xD35A2D97)
-    return x ^ (x >> 15)
-
-
-def hashed_bits(key: jax.Array, shape: tuple[int, ...], rows: jax.Array | None = None
-                ) -> jax.Array:
-    """uint32 pseudo-random bits of `shape`: a keyed hash of each element's logical index.
-
-    The index is the element's flat position in `shape`, or, with `rows` (shape[:-1]), the
-    position `rows * shape[-1] + last index` in the array the rows were taken from: a packed
-    array (`TokenPacking.rows`) then gets exactly the bits of its padded original.
-
-    Two rounds of `_mix32` keyed by 64 bits drawn from `key`. Unlike `jax.random.bits`
-    (threefry: 20 rounds per pair of words; rbg: an unfused `rng_bit_generator` call), this is
-    a handful of integer ops that XLA fuses into the consumer, so a dropout mask costs about
-    as much as the multiply it feeds. The bits depend only on the key and the logical index,
-    so they are the same however the array is sharded or packed. Good enough for dropout
-    masks, not for anything needing statistical-test quality.
-    """
-    s = jax.random.bits(key, (2,), jnp.uint32)
-    if rows is None:
-        idx = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    else:
-        last = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
-        idx = rows.astype(jnp.uint32)[..., None] * jnp.uint32(shape[-1]) + last
-    return _mix32(_mix32(idx ^ s[0]) + s[1])
-
-
-class Dropout(nnx.Dropout):
-    """`nnx.Dropout` (same state, streams and semantics) with the mask from `hashed_bits`.
-
-    An element is kept when its bits are >= round(rate * 2**32), so the drop probability is
-    `rate` to within 2**-32; kept elements are scaled by 1 / (1 - rate) as in torch. `rows`
-    (optional, inputs.shape[:-1]) names each row's position in the unpacked array.
-    """
-
-    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None,
-                 rows: jax.Array | None = None):
-        deterministic = self.deterministic if deterministic is None else deterministic
-        if deterministic or self.rate == 0.0:
-            return inputs
-        if self.rate == 1.0:
-            return jnp.zeros_like(inputs)
-        if self.broadcast_dims:
-            raise NotImplementedError("hashed dropout has no broadcast_dims")
-        stream = self.rngs if rngs is None else rngs
-        if isinstance(stream, nnx.Rngs):
-            stream = stream[self.rng_collection]
-        key = stream() if callable(stream) else stream
-        threshold = jnp.uint32(min(round(self.rate * 2.0**32), 2**32 - 1))
-        keep = hashed_bits(key, inputs.shape, rows) >= threshold
-        return jnp.where(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs)).astype(
-            inputs.dtype)
 
 
 class TokenPacking(NamedTuple):
@@ -274,22 +214,26 @@ class MultiHeadAttention(nnx.Module):
         if packing is not None:
             qkv = unpack(packing, qkv)
         b, length = qkv.shape[:2]
-        q, k, v = jnp.split(qkv.reshape(b, length, 3, self.n_heads, hd), 3, axis=2)
-        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
         no_dropout = deterministic or self.dropout.rate == 0.0
         if self.implementation != "einsum" and no_dropout:
             # Fused attention (cuDNN on GPUs): no weights come out and none are dropped.
+            q, k, v = jnp.split(qkv.reshape(b, length, 3, self.n_heads, hd), 3, axis=2)
+            q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
             out = fused_attention(q, k, v, pad_mask, self.implementation).reshape(b, length, d)
             dropped = None
         else:
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q * (1.0 / math.sqrt(hd)),
+            # Heads-major [B, H, L, hd] before the two batched matmuls: XLA CPU then runs
+            # them as plain batched GEMMs; the [B, L, H, hd] einsums were about twice as slow
+            # (same values: only the layout of the operands changes).
+            q, k, v = qkv.reshape(b, length, 3, self.n_heads, hd).transpose(2, 0, 3, 1, 4)
+            logits = jnp.einsum("bhqd,bhkd->bhqk", q * (1.0 / math.sqrt(hd)),
                                 k).astype(jnp.float32)
             if pad_mask is not None:
                 logits = jnp.where(pad_mask[:, None, None, :], -jnp.inf, logits)
             weights = jax.nn.softmax(logits, axis=-1)
             dropped = self.dropout(weights, deterministic=deterministic)
-            out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v).reshape(
-                b, length, d)
+            out = jnp.einsum("bhqk,bhkd->bhqd", dropped.astype(v.dtype), v)
+            out = out.transpose(0, 2, 1, 3).reshape(b, length, d)
         out_packing = out_packing if out_packing is not None else packing
         if out_packing is not None:
             out = pack(out_packing, out)
@@ -320,12 +264,18 @@ class EncoderLayer(nnx.Module):
         if out_packing is not None:
             x = pack(out_packing, unpack(packing, x) if packing is not None else x)
             packing = out_packing
-        drop = functools.partial(Dropout.__call__, deterministic=deterministic,
-                                 rows=None if packing is None else packing.rows)
+        return self.finish(x, attn, deterministic=deterministic,
+                           rows=None if packing is None else packing.rows), weights
+
+    def finish(self, x, attn, *, deterministic: bool = True, rows: jax.Array | None = None):
+        """The layer after its attention: LN(x + attn), then LN(x + FFN(x)) (dropout as torch).
+
+        x and attn hold the same rows (any leading shape); `rows` as in `Dropout`.
+        """
+        drop = functools.partial(Dropout.__call__, deterministic=deterministic, rows=rows)
         x = self.norm1(x + drop(self.dropout1, attn))
         h = drop(self.dropout, activation(self.activation)(self.linear1(x)))
-        x = self.norm2(x + drop(self.dropout2, self.linear2(h)))
-        return x, weights
+        return self.norm2(x + drop(self.dropout2, self.linear2(h)))
 
 
 class Encoder(nnx.Module):

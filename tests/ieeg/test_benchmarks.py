@@ -112,6 +112,30 @@ def test_brainbert_embed_attention_paths_agree():
     np.testing.assert_allclose(np.asarray(a).reshape(6, -1), full, atol=1e-5)
 
 
+def test_pooled_last_layer_regrouping_is_exact():
+    """The pooled path regroups the last layer's key/value projections onto the 10 centre
+    queries and drops the key bias (the softmax cancels it): with every parameter random
+    (biases included) it equals the full model's centre pool, in float32."""
+    cfg = brainbert.BrainBERTConfig(hidden_dim=48, n_heads=4, ff_dim=96, n_layers=2)
+    model = brainbert.BrainBERT(cfg, rngs=nnx.Rngs(3))
+    graphdef, state = nnx.split(model)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(4), len(leaves))
+    leaves = [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
+              if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim <= 2 and x.shape[0] < 1000
+              else x for x, k in zip(leaves, keys, strict=True)]
+    model = nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+    assert float(jnp.abs(model.transformer.layers[-1].self_attn.key.bias.value).min()) > 0
+    spec = jax.random.normal(jax.random.key(5), (3, 186, 40))
+    full = brainbert.center_pool(model(spec, deterministic=True))
+    pooled = brainbert.pooled_embedding(model, spec)
+    np.testing.assert_allclose(pooled, full, atol=1e-5, rtol=0)
+    # chunk "auto" resolves per backend and gives the same embeddings as one step
+    wav = np.random.default_rng(6).standard_normal((2, 3, 10240)).astype(np.float32)
+    np.testing.assert_allclose(brainbert.brainbert_embed(model, wav, chunk="auto"),
+                               brainbert.brainbert_embed(model, wav, chunk=None), atol=1e-5)
+
+
 # ------------------------------------------------------------------------- length grouping
 
 
