@@ -118,3 +118,26 @@ def nwb_from_braintreebank(bt_root, path, *, electrodes: bool = True) -> Path:
     with pynwb.NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return Path(path)
+
+
+def direct_window_embeddings(bids_root, config):
+    """Whole-recording front end + BrainBERT of subject 01's one BIDS run, with the windows
+    an embed/predict config asks for: (plan, window starts, embeddings [W, E, D]). The
+    streamed jobs are checked against it."""
+    from flax import nnx
+
+    from popt_jax.ieeg import brainbert
+    from popt_jax.ieeg import frontend as fe
+    from popt_jax.ieeg.readers.bids import bids_recordings
+    from popt_jax.ieeg.recording_store import frontend_config_from
+
+    cfg = frontend_config_from(config)
+    [rec] = bids_recordings(Path(bids_root), "01")
+    plan = fe.plan_channels(rec, cfg, dict(config.frontend.coords))
+    data = fe.preprocess_recording(rec, plan, cfg).data
+    w = cfg.preprocess.window_samples
+    starts = np.arange(0, data.shape[1] - w + 1, int(config.hop_s * 2048))[:config.max_windows]
+    model = brainbert.BrainBERT(brainbert.BrainBERTConfig(**dict(config.brainbert)),
+                                rngs=nnx.Rngs(config.seed))
+    wav = np.stack([data[:, s:s + w] for s in starts]).astype(np.float32)
+    return plan, starts, np.asarray(brainbert.brainbert_embed(model, wav))

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 from flax import nnx
-from recording_fixtures import bids_from_braintreebank
+from recording_fixtures import bids_from_braintreebank, direct_window_embeddings
 
 from popt_jax.core.checkpoints import read_meta
 from popt_jax.errors import ConfigError, DataError
@@ -214,21 +214,8 @@ def test_checkpoint_refused_with_the_other_code(store, trained):
 
 def _direct_embeddings(tmp: Path, config):
     """Whole-recording front end + BrainBERT: (plan, window embeddings)."""
-    from popt_jax.ieeg import brainbert
-    from popt_jax.ieeg import frontend as fe
-    from popt_jax.ieeg.readers.bids import bids_recordings
-    from popt_jax.ieeg.recording_store import frontend_config_from
-
-    cfg = frontend_config_from(config)
-    [rec] = bids_recordings(tmp / "bids", "01")
-    plan = fe.plan_channels(rec, cfg, dict(config.frontend.coords))
-    data = fe.preprocess_recording(rec, plan, cfg).data
-    w = cfg.preprocess.window_samples
-    starts = np.arange(0, data.shape[1] - w + 1, int(config.hop_s * 2048))[:config.max_windows]
-    model = brainbert.BrainBERT(brainbert.BrainBERTConfig(**dict(config.brainbert)),
-                                rngs=nnx.Rngs(config.seed))
-    wav = np.stack([data[:, s:s + w] for s in starts]).astype(np.float32)
-    return plan, np.asarray(brainbert.brainbert_embed(model, wav))
+    plan, _, emb = direct_window_embeddings(tmp / "bids", config)
+    return plan, emb
 
 
 def test_embed_and_predict_apply_continuous_checkpoints(store, trained):

@@ -20,11 +20,10 @@ import h5py
 import numpy as np
 import pytest
 from flax import nnx
-from recording_fixtures import bids_from_braintreebank
+from recording_fixtures import bids_from_braintreebank, direct_window_embeddings
 
 from popt_jax.errors import DataError
 from popt_jax.ieeg import brainbert, feature_store
-from popt_jax.ieeg import frontend as fe
 from popt_jax.ieeg.popt import PopTClassifier, PopTConfig
 from popt_jax.ieeg.synthetic import write_synthetic_braintreebank
 from popt_jax.main import run_job
@@ -108,20 +107,7 @@ def test_finetune_data_layer_reads_event_task(tmp, extracted):
 @pytest.fixture(scope="module")
 def direct(tmp):
     """Whole-recording front end + BrainBERT windows, to check the streamed jobs against."""
-    from popt_jax.ieeg.readers.bids import bids_recordings
-    from popt_jax.ieeg.recording_store import frontend_config_from
-
-    config = _config("embed", tmp)
-    cfg = frontend_config_from(config)
-    [rec] = bids_recordings(tmp / "bids", "01")
-    plan = fe.plan_channels(rec, cfg, dict(config.frontend.coords))
-    data = fe.preprocess_recording(rec, plan, cfg).data
-    w = cfg.preprocess.window_samples
-    starts = np.arange(0, data.shape[1] - w + 1, int(config.hop_s * 2048))[:config.max_windows]
-    model = brainbert.BrainBERT(brainbert.BrainBERTConfig(**dict(config.brainbert)),
-                                rngs=nnx.Rngs(config.seed))
-    wav = np.stack([data[:, s:s + w] for s in starts]).astype(np.float32)
-    return plan, starts, np.asarray(brainbert.brainbert_embed(model, wav))
+    return direct_window_embeddings(tmp / "bids", _config("embed", tmp))
 
 
 def test_embed_job_streams_what_a_whole_pass_gives(tmp, direct):
