@@ -16,7 +16,8 @@ so every subset size k in 10..100 occurs) feeds the grain pipeline of training
     buckets=PRETRAIN_BUCKETS)`: the same examples (windows of W batches), grouped by length.
 `--batches` is rounded up to a multiple of W, so all three see exactly the same examples.
 One pass = every batch once (examples/s = examples / pass time); each distinct shape is
-compiled before timing; best of `--repeats` passes. The machine is shared: run it twice.
+compiled before timing; best of `--repeats` passes, the frameworks taking turns within each
+repeat. The machine is shared: run it twice.
 """
 
 from __future__ import annotations
@@ -44,48 +45,6 @@ from popt_jax.core import steps  # noqa: E402
 from popt_jax.ieeg import objectives, optim  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class TorchLamb(torch.optim.Optimizer):
-    """LAMB with `torch_optimizer.Lamb`'s rule (upstream's optimiser), defaults included.
-
-    m, v: Adam moments (no bias correction unless `debias`); step = m / (sqrt(v) + eps)
-    (+ weight_decay * w); trust = min(||w||, clamp_value) / ||step|| (1 if either is 0);
-    w -= lr * trust * step.
-    """
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
-                 clamp_value=10.0, debias=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      clamp_value=clamp_value, debias=debias))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["m"] = torch.zeros_like(p)
-                    state["v"] = torch.zeros_like(p)
-                state["step"] += 1
-                m, v = state["m"], state["v"]
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                lr = group["lr"]
-                if group["debias"]:
-                    t = state["step"]
-                    lr = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
-                update = m / (v.sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update.add_(p, alpha=group["weight_decay"])
-                w_norm = torch.norm(p).clamp(0, group["clamp_value"])
-                u_norm = torch.norm(update)
-                trust = 1.0 if (w_norm == 0 or u_norm == 0) else float(w_norm / u_norm)
-                p.add_(update, alpha=-lr * trust)
 
 
 def _config(total_steps: int = 1000):
@@ -135,8 +94,9 @@ def trim_to_longest(b: dict) -> dict:
             for k, v in b.items()}
 
 
-def time_jax(popt_cfg, batches: list[dict], repeats: int, dtype=jnp.float32) -> float:
-    """Best seconds for one pass over `batches` with the packed popt_jax training step."""
+def prepare_jax(popt_cfg, batches: list[dict], dtype=jnp.float32):
+    """A function running one pass over `batches` with the packed popt_jax training step
+    (every distinct program compiled beforehand)."""
     model = models.PopT(popt_cfg, rngs=nnx.Rngs(0), dtype=dtype)
     parts = steps.split_model(model)
     mesh = mesh_lib.make_mesh(1)
@@ -156,14 +116,15 @@ def time_jax(popt_cfg, batches: list[dict], repeats: int, dtype=jnp.float32) -> 
             params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, i), spec)
             jax.block_until_ready(m)
     print(f"    ({len(seen)} programs compiled in {time.perf_counter() - t0:.1f} s)", flush=True)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    state = [params, opt_state]
+
+    def one_pass() -> None:
+        m = None
         for i, (g, spec) in enumerate(prepared):
-            params, opt_state, m, _ = step(params, opt_state, g, steps.step_key(key, i), spec)
-        jax.block_until_ready((params, m))
-        best = min(best, time.perf_counter() - t0)
-    return best
+            state[0], state[1], m, _ = step(state[0], state[1], g, steps.step_key(key, i), spec)
+        jax.block_until_ready((state[0], m))
+
+    return one_pass
 
 
 def one_step(model, opt, bce, x, mask, coords, seq, cls_label, sel, tok_target) -> float:
@@ -177,15 +138,16 @@ def one_step(model, opt, bce, x, mask, coords, seq, cls_label, sel, tok_target) 
     return loss.detach().item()
 
 
-def time_torch(popt_cfg, batches: list[dict], repeats: int) -> float:
-    """Best seconds for one pass of the upstream-style PyTorch step over `batches`."""
+def prepare_torch(popt_cfg, batches: list[dict]):
+    """A function running one pass of the upstream-style PyTorch step over `batches`
+    (each batch padded to its longest example, as upstream's collate does)."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from torch_reference import RefPopT  # noqa: E402
+    from torch_reference import RefLamb, RefPopT  # noqa: E402
 
     torch.manual_seed(0)
     model = RefPopT(input_dim=popt_cfg.input_dim, hidden_dim=popt_cfg.hidden_dim,
                     n_head=popt_cfg.n_heads, n_layers=popt_cfg.n_layers).train()
-    opt = TorchLamb(model.parameters(), lr=5e-4)
+    opt = RefLamb(model.parameters(), lr=5e-4)
     bce = torch.nn.BCEWithLogitsLoss()
     prepared = []
     for b in map(trim_to_longest, batches):
@@ -199,12 +161,25 @@ def time_torch(popt_cfg, batches: list[dict], repeats: int) -> float:
                          torch.from_numpy(b["seq_id"]).long(),
                          torch.from_numpy(b["cls_label"]).float(), sel, (tl_[sel] == 1).float()))
     one_step(model, opt, bce, *prepared[0])  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def one_pass() -> None:
         for args in prepared:
             one_step(model, opt, bce, *args)
-        best = min(best, time.perf_counter() - t0)
+
+    return one_pass
+
+
+def time_in_turns(passes: dict, repeats: int) -> dict[str, float]:
+    """Best seconds per pass of each runner; the runners take turns within every repeat, so
+    a change in the machine's load reaches all of them alike."""
+    best = {name: float("inf") for name in passes}
+    for r in range(repeats):
+        for name, run in passes.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+        print(f"  repeat {r + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()),
+              flush=True)
     return best
 
 
@@ -271,15 +246,14 @@ def main(argv=None) -> None:
     print(f"tokens per example: real {real:.1f}; padded: upstream collate "
           f"{tokens(plain, True):.1f}, default loader {tokens(plain):.1f}, grouped loader "
           f"{tokens(grouped):.1f}")
-    rows = {"torch (upstream collate)": time_torch(popt_cfg, plain, args.repeats)}
-    print(f"  torch: {ex / rows['torch (upstream collate)']:.2f} examples/s", flush=True)
+    passes = {"torch (upstream collate)": prepare_torch(popt_cfg, plain)}
     for dtype in [jnp.float32] + ([jnp.bfloat16] if args.bf16 else []):
         name = jnp.dtype(dtype).name
         for label, bs in (("default loader", plain), ("grouped loader", grouped)):
             if label.split()[0] not in args.loaders.split(","):
                 continue
-            rows[f"jax {name} {label}"] = t = time_jax(popt_cfg, bs, args.repeats, dtype)
-            print(f"  jax {name} {label}: {ex / t:.2f} examples/s", flush=True)
+            passes[f"jax {name} {label}"] = prepare_jax(popt_cfg, bs, dtype)
+    rows = time_in_turns(passes, args.repeats)
     ref = rows["torch (upstream collate)"]
     print(f"\n{'workload':34s}{'examples/s':>12s}")
     for name, t in rows.items():
