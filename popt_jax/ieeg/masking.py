@@ -152,33 +152,34 @@ def _actions(dice: jax.Array, cfg: MaskConfig) -> jax.Array:
                      jnp.where(dice < cfg.keep_p + cfg.replace_p, REPLACE, ZERO))
 
 
+def _axis_spans(axis_draws, p: float, n: int, cfg: MaskConfig):
+    """The accepted spans of one axis (length `n`): (starts, per-span actions, covered [B, n],
+    action per position, source position per position). A replaced position reads the source
+    span's start plus its offset in its own span (clipped; only used where covered, where it
+    is in range)."""
+    starts = _accept_spans(axis_draws, p)
+    covered, span = _span_of(starts, axis_draws.length, n)
+    last = starts.shape[1] - 1
+    act_per_span = _actions(axis_draws.dice, cfg)
+    act = jnp.take_along_axis(act_per_span, jnp.minimum(span, last), 1)
+    src = jnp.take_along_axis(axis_draws.source, jnp.minimum(span, last), 1)
+    src = jnp.clip(src + jnp.arange(n)[None] - span, 0, n - 1)
+    return starts, act_per_span, covered, act, src
+
+
 def apply_fixed_mask(spec: jax.Array, draws: MaskDraws, cfg: MaskConfig) -> MaskResult:
     """Masks spectrograms [B, T, F] with the given draws (pure; jit it or call inside a step)."""
     b, t, f = spec.shape
     fill = jnp.zeros((), spec.dtype)  # upstream's `get_mask_fill_value` is 0
     rows = jnp.arange(b)[:, None]
 
-    # Time spans (frames): source frame of a replaced cell = source start + offset in span.
-    t_starts = _accept_spans(draws.time, cfg.time_p)
-    t_cov, t_span = _span_of(t_starts, draws.time.length, t)
-    n_t = t_starts.shape[1]
-    t_act_pos = _actions(draws.time.dice, cfg)
-    t_act = jnp.take_along_axis(t_act_pos, jnp.minimum(t_span, n_t - 1), 1)
-    t_src = jnp.take_along_axis(draws.time.source, jnp.minimum(t_span, n_t - 1), 1)
-    t_src = t_src + jnp.arange(t)[None] - t_span
-    t_src = jnp.clip(t_src, 0, t - 1)  # only used where covered, where it is in range
+    # Time spans (frames), then frequency spans (bins) with replacements from the original.
+    t_starts, t_act_pos, t_cov, t_act, t_src = _axis_spans(draws.time, cfg.time_p, t, cfg)
     replaced_t = spec[rows, t_src]  # [B, T, F]
     masked = jnp.where((t_cov & (t_act == REPLACE))[..., None], replaced_t, spec)
     masked = jnp.where((t_cov & (t_act == ZERO))[..., None], fill, masked)
 
-    # Frequency spans (bins), applied after the time spans, replacements from the original.
-    f_starts = _accept_spans(draws.freq, cfg.freq_p)
-    f_cov, f_span = _span_of(f_starts, draws.freq.length, f)
-    n_f = f_starts.shape[1]
-    f_act_pos = _actions(draws.freq.dice, cfg)
-    f_act = jnp.take_along_axis(f_act_pos, jnp.minimum(f_span, n_f - 1), 1)
-    f_src = jnp.take_along_axis(draws.freq.source, jnp.minimum(f_span, n_f - 1), 1)
-    f_src = jnp.clip(f_src + jnp.arange(f)[None] - f_span, 0, f - 1)
+    f_starts, f_act_pos, f_cov, f_act, f_src = _axis_spans(draws.freq, cfg.freq_p, f, cfg)
     replaced_f = jnp.take_along_axis(spec, jnp.broadcast_to(f_src[:, None, :], spec.shape), 2)
     masked = jnp.where((f_cov & (f_act == REPLACE))[:, None, :], replaced_f, masked)
     masked = jnp.where((f_cov & (f_act == ZERO))[:, None, :], fill, masked)
