@@ -42,6 +42,7 @@ R of a pretraining example come from the same split as A (upstream draws them an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -319,6 +320,15 @@ def feature_norm_stats(path: str | os.PathLike, norm: str = "none"
         raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, not {norm!r}")
     if norm == "none":
         return None
+    # Every split's source (and pretraining and fine-tuning in one process) asks for the same
+    # files: read each once, keyed by the file's identity so a rewritten file is read again.
+    st = os.stat(path)
+    return _file_norm_stats(os.path.realpath(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_norm_stats(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    del mtime_ns, size  # cache key only
     with h5py.File(path, "r") as f:
         groups = ["pretrain"] + sorted(k for k in f if k != "pretrain")
         emb = next((f[g]["embeddings"] for g in groups if g in f and isinstance(
@@ -329,7 +339,10 @@ def feature_norm_stats(path: str | os.PathLike, norm: str = "none"
         rows = np.unique(np.linspace(0, n - 1, min(n, _NORM_WINDOWS)).round().astype(np.int64))
         x = emb[rows].astype(np.float64).reshape(-1, emb.shape[-1])
     mean, std = x.mean(0), x.std(0)
-    return mean.astype(np.float32), (1.0 / np.maximum(std, 1e-6)).astype(np.float32)
+    out = mean.astype(np.float32), (1.0 / np.maximum(std, 1e-6)).astype(np.float32)
+    for a in out:  # shared by every caller: read-only
+        a.flags.writeable = False
+    return out
 
 
 def _normalise(x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
