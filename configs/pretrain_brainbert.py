@@ -7,9 +7,11 @@ Brain Treebank under the workdir, builds the spectrogram store (non-overlapping 
 the selected electrodes), and pretrains a SMALL BrainBERT (hidden 64, 2 layers, no dropout)
 for 3000 steps at batch 16 and lr 1e-2 with upstream's masking and loss mask. The published
 "stft large" model (hidden 768, 6 layers) is far too slow for a few-minute CPU default. The
-run logs every field that departs from upstream's recipe, and each validation the
-masked-cell L1 of the model and both baselines on all loss-mask cells, the hidden ones
-(inside a masked span) and the visible ones (upstream's quirk columns).
+synthetic tree carries a latent state at the scale of the masks (`synthetic.BROADBAND_STATE`).
+The run logs every field that departs from upstream's recipe, and at each validation the L1
+of the model and both baselines (predict zero, copy the nearest unmasked frame) on the
+masked cells (every cell inside a span: the headline) and on the loss-mask cells, split into
+the hidden ones and the visible ones (upstream's quirk columns, where copying is exact).
 
 The paper recipe (upstream README + conf/exp/spec2vec.yaml: published architecture, LAMB lr
 1e-4, batch 256, 500k steps, ramp_up 2.5% / gamma 0.99, clip 1.0, mask p 0.05, val/test 1%):
@@ -32,6 +34,7 @@ results.json and brainbert_best/provenance.json) for the `neuroprobe` job's leak
 from ml_collections import config_dict
 
 from popt_jax.core.config_lib import load_sibling_config
+from popt_jax.ieeg.synthetic import BROADBAND_STATE
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -61,6 +64,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.synthetic.duration_s = 40.0 if tiny else 300.0  # seconds per recording
     config.data.synthetic.n_shafts = 2 if tiny else 3  # depth shafts per subject
     config.data.synthetic.contacts = (4, 5) if tiny else (6, 12)  # contacts per shaft
+    # The latent state at the scale of BrainBERT's masks (synthetic.BROADBAND_STATE): one
+    # envelope (~0.16 s correlation) shared by 17 rhythms over the 40 rows, so a masked frame
+    # is pinned down by both of its sides and a masked row by the rest of its frame.
+    for field, value in BROADBAND_STATE.items():
+        config.data.synthetic[field] = value
     config.data.store = ""  # spectrogram store path; empty = {workdir}/spectrograms.h5
     config.data.store_dtype = "float32"  # or float16 (half the disk, same reads)
     config.data.max_windows = -1  # cap per trial (-1 = all non-overlapping windows)

@@ -48,6 +48,16 @@ Consecutive pretraining windows (0.2 s apart: upstream's "next" segment) therefo
 across electrodes, and a token taken from another time disagrees with the rest of its window.
 The state has its own random stream: ``latent_state=False`` writes bit for bit the tree an
 earlier version wrote.
+
+The state's rhythms, envelope bandwidth and amplitude are arguments (`state_rhythms`,
+`state_cutoff_hz`, `state_amplitude`; the defaults above write the same tree as before).
+BrainBERT pretraining uses `BROADBAND_STATE` instead: one envelope shared by 17 rhythms from
+5 to 195 Hz (every BrainBERT row but the line-noise notches), 150 units strong (5x the
+default) with ~0.16 s correlation time (cutoff 1 Hz). That is structure at the time and
+frequency scale of BrainBERT's masks (time spans of 1-5 frames, 24-120 ms; frequency spans of
+1-2 rows): a masked frame sits on a curve that both of its sides pin down (interpolation
+beats copying either side), and a masked row moves with every other row of its frame (the
+shared envelope), which copying along time cannot see.
 """
 
 from __future__ import annotations
@@ -61,7 +71,8 @@ import h5py
 import numpy as np
 from scipy import fft as sp_fft
 
-__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_RHYTHMS"]
+__all__ = ["write_synthetic_braintreebank", "SPEECH_BAND", "PITCH_BAND", "STATE_RHYTHMS",
+           "BROADBAND_STATE"]
 
 SPEECH_BAND = (70.0, 150.0)
 PITCH_BAND = (20.0, 30.0)
@@ -72,6 +83,14 @@ STATE_RHYTHMS = ((5.0, 15.0), (35.0, 45.0, 55.0), (160.0, 170.0, 195.0))
 STATE_CUTOFF_HZ = 0.3  # Gaussian spectral width of the log-envelopes (~0.5 s correlation)
 STATE_LOG_STD = 1.0  # std of each log-envelope
 STATE_AMPLITUDE = 30.0  # envelope scale (the background is 30 x unit-variance 1/f noise)
+# BrainBERT pretraining's state (module docstring): one group, all rows but the notches (>= 5
+# Hz from 60/120/180 so the notch filters leave them), faster and stronger than the default.
+BROADBAND_STATE = {
+    "state_rhythms": ((5.0, 15.0, 25.0, 35.0, 45.0, 55.0, 75.0, 85.0, 95.0, 105.0, 115.0,
+                       135.0, 145.0, 155.0, 165.0, 175.0, 195.0),),
+    "state_cutoff_hz": 1.0,
+    "state_amplitude": 150.0,
+}
 _LINE = {60: 40.0, 120: 8.0, 180: 12.0, 240: 2.0, 300: 4.0, 360: 1.0}  # amplitude per harmonic
 _TRIGGER_EVERY_S = 1.0
 _VOCAB = [
@@ -215,10 +234,12 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np.ndarray:
+def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float,
+                  rhythms=STATE_RHYTHMS, cutoff_hz: float = STATE_CUTOFF_HZ,
+                  amplitude: float = STATE_AMPLITUDE) -> np.ndarray:
     """The latent-state component [n_e, n_t] (float32) of one recording (module docstring).
 
-    Per group of `STATE_RHYTHMS`: a smooth Gaussian log-envelope shared by every electrode
+    Per group of `rhythms`: a smooth Gaussian log-envelope shared by every electrode
     (drawn at 64 Hz and interpolated) scales sinusoids at the group's frequencies, each with
     a random phase per electrode, times a per-electrode gain in [0.7, 1.3]. Sinusoids rather
     than band-limited noise: their short-time magnitude is the envelope itself, so every
@@ -229,14 +250,14 @@ def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float) -> np
     rate = 64.0
     n_slow = int(np.ceil(n_t / fs * rate)) + 2
     f = np.fft.rfftfreq(n_slow, 1.0 / rate)
-    gain = np.exp(-0.5 * (f / STATE_CUTOFF_HZ) ** 2)
+    gain = np.exp(-0.5 * (f / cutoff_hz) ** 2)
     gain[0] = 0.0
     t_slow, t = np.arange(n_slow) / rate, np.arange(n_t) / fs
-    for freqs in STATE_RHYTHMS:
+    for freqs in rhythms:
         spec = gain * (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f)))
         z = np.fft.irfft(spec, n=n_slow)
         z *= STATE_LOG_STD / max(float(z.std()), 1e-12)
-        env = STATE_AMPLITUDE * np.exp(np.interp(t, t_slow, z) - 0.5 * STATE_LOG_STD**2)
+        env = amplitude * np.exp(np.interp(t, t_slow, z) - 0.5 * STATE_LOG_STD**2)
         phases = rng.uniform(0.0, 2.0 * np.pi, (n_e, len(freqs)))
         gains = rng.uniform(0.7, 1.3, n_e)
         # sin(wt + p) = cos(p) sin(wt) + sin(p) cos(wt): one matrix product per group; the
@@ -257,6 +278,8 @@ def write_synthetic_braintreebank(
     root: str | Path, *, n_subjects: int = 2, trials_per_subject: int = 1,
     duration_s: float = 180.0, n_shafts: int = 3, contacts: tuple[int, int] = (6, 12),
     fs: float = 2048.0, seed: int = 0, plant: bool = True, latent_state: bool = True,
+    state_rhythms=STATE_RHYTHMS, state_cutoff_hz: float = STATE_CUTOFF_HZ,
+    state_amplitude: float = STATE_AMPLITUDE,
 ) -> Path:
     """Write a seeded synthetic Brain Treebank under ``root`` and return ``root``.
 
@@ -271,6 +294,9 @@ def write_synthetic_braintreebank(
         seed: everything written is a function of the arguments.
         plant: add the stimulus-locked components (see module docstring).
         latent_state: add the slowly varying, spatially coherent state (module docstring).
+        state_rhythms: the state's rhythm groups (Hz): one shared envelope per group.
+        state_cutoff_hz: Gaussian spectral width of the envelopes (larger = faster).
+        state_amplitude: envelope scale (the background is 30 x unit-variance 1/f noise).
 
     Returns:
         The root folder as a `Path`.
@@ -282,9 +308,18 @@ def write_synthetic_braintreebank(
         raise ValueError("contacts must be (min, max) with 3 <= min <= max")
     if not 1 <= n_shafts <= 200:  # the stem generator has 384 distinct names
         raise ValueError("n_shafts must be in [1, 200]")
+    state_rhythms = tuple(tuple(float(f) for f in g) for g in state_rhythms)
+    if not state_rhythms or not all(g and all(0 < f < fs / 2 for f in g)
+                                    for g in state_rhythms):
+        raise ValueError(f"state_rhythms must be non-empty groups of frequencies in "
+                         f"(0, {fs / 2:g}) Hz, got {state_rhythms}")
+    if not (state_cutoff_hz > 0 and state_amplitude >= 0):
+        raise ValueError("state_cutoff_hz must be > 0 and state_amplitude >= 0")
+    state = (state_rhythms, float(state_cutoff_hz), float(state_amplitude))
     movie_s = duration_s - 15.0  # leaves a 4-7 s lead and a >= 8 s tail in every trial
     truth: dict = {"seed": seed, "plant": plant, "latent_state": latent_state,
-                   "state_rhythms": STATE_RHYTHMS, "fs": fs, "duration_s": duration_s,
+                   "state_rhythms": state_rhythms, "state_cutoff_hz": state_cutoff_hz,
+                   "state_amplitude": state_amplitude, "fs": fs, "duration_s": duration_s,
                    "speech_band": SPEECH_BAND, "pitch_band": PITCH_BAND,
                    "burst_offset_s": -0.1, "burst_length_s": 0.4, "subjects": {}}
     movies = [_write_movie(root, np.random.default_rng([seed, 1_000_003, m]),
@@ -304,7 +339,7 @@ def write_synthetic_braintreebank(
             state_rng = np.random.default_rng([seed, s, t, 7_919]) if latent_state else None
             truth["subjects"][sid]["trials"][tid] = _write_trial(
                 root, rng, subject, sid, tid, movies[t], int(round(duration_s * fs)), movie_s,
-                fs, plant, state_rng)
+                fs, plant, state_rng, state)
     _write_json(root / "electrode_selections" / "clean_laplacian.json", selection)
     # BrainBERT-style corrupted list (keys "subjectN"): a trigger channel and the starred
     # electrode written with its mark, which (as upstream compares) removes nothing, so
@@ -393,7 +428,8 @@ def _write_subject(root: Path, rng: np.random.Generator, sid: str, n_shafts: int
 
 def _write_trial(root: Path, rng: np.random.Generator, subject: _Subject, sid: str, tid: str,
                  movie_words: tuple[str, dict], n_t: int, movie_s: float, fs: float,
-                 plant: bool, state_rng: np.random.Generator | None = None) -> dict:
+                 plant: bool, state_rng: np.random.Generator | None = None,
+                 state: tuple = (STATE_RHYTHMS, STATE_CUTOFF_HZ, STATE_AMPLITUDE)) -> dict:
     """Triggers, metadata and the recording of one trial; returns its truth entry."""
     movie, words = movie_words
     lead = rng.uniform(4.0, 7.0)
@@ -410,7 +446,7 @@ def _write_trial(root: Path, rng: np.random.Generator, subject: _Subject, sid: s
         json.dumps(meta, indent=1))
     x = _background(rng, subject, n_t, fs)
     if state_rng is not None:
-        x += _latent_state(state_rng, len(subject.neural), n_t, fs)
+        x += _latent_state(state_rng, len(subject.neural), n_t, fs, *state)
     index = {n: i for i, n in enumerate(subject.neural)}
     envelopes = _envelopes(words, _to_sample(np.asarray(words["start"]), lead, drift, fs) / fs,
                            n_t, fs)

@@ -33,6 +33,21 @@ _STORE_KEYS = ("format", "checkpoint_hash", "fs", "window_samples", "hidden_dim"
 # --------------------------------------------------------------------------- config checks
 
 
+def _synthetic_tree(c: Checks, p: str) -> None:
+    """The `write_synthetic_braintreebank` fields under prefix `p` (those present)."""
+    for f in ("n_subjects", "trials_per_subject", "n_shafts"):
+        c.positive_int(p + f)
+    c.positive(p + "duration_s")
+    c.positive(p + "state_cutoff_hz")
+    c.non_negative(p + "state_amplitude")
+    groups = c.get(p + "state_rhythms", None)
+    c.rule(groups is None or (len(groups) > 0 and all(
+        len(g) > 0 and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
+                           for f in g) for g in groups)),
+        p + "state_rhythms", f"must be non-empty groups of positive frequencies (Hz), got "
+        f"{groups!r}")
+
+
 def check_extract(c: Checks) -> None:
     """Fields of `configs/extract_features.py` (the section `c` points at)."""
     from popt_jax.ieeg.feature_store import DEFAULT_TASKS
@@ -42,9 +57,7 @@ def check_extract(c: Checks) -> None:
     _selection(c, "data.selection")
     c.existing_path("brainbert_checkpoint", "file")
     if not c.get("data.root", ""):  # the synthetic tree is written from these
-        for f in ("n_subjects", "trials_per_subject", "n_shafts"):
-            c.positive_int(f"data.synthetic.{f}")
-        c.positive("data.synthetic.duration_s")
+        _synthetic_tree(c, "data.synthetic.")
         contacts = c.get("data.synthetic.contacts", None)
         c.rule(contacts is None or (len(contacts) == 2 and all(
             isinstance(x, int) and x >= 3 for x in contacts) and contacts[0] <= contacts[1]),
@@ -162,9 +175,7 @@ def check_brainbert_pretrain(c: Checks) -> None:
     _fractions_below_one(c, d + "val_fraction", d + "test_fraction")
     c.positive_int(d + "read_threads")
     if not c.get(d + "root", ""):
-        for f in ("n_subjects", "trials_per_subject", "n_shafts"):
-            c.positive_int(f"{d}synthetic.{f}")
-        c.positive(d + "synthetic.duration_s")
+        _synthetic_tree(c, d + "synthetic.")
     m = "mask."
     for f in ("time_p", "freq_p"):
         c.fraction(m + f, open_low=False)
