@@ -5,15 +5,16 @@
     python scripts/benchmark_brainbert_pretrain.py --feed       # HDF5 store vs on-the-fly STFT
     python scripts/benchmark_brainbert_pretrain.py --tiny       # seconds (run by the tests)
 
-One step = fixed-type masking + BrainBERT and its spectrogram head (dropout on) + the masked
-L1 loss + backward with upstream's loss x dloss scaling + global-norm clip 1.0 + LAMB, on the
-same batch of [B, 186, 40] spectrograms in both frameworks:
+One step = fixed-type masking + BrainBERT and its spectrogram head (dropout 0.1, upstream's
+training mode, in both) + the masked L1 loss + backward with upstream's loss x dloss scaling
++ global-norm clip 1.0 + LAMB, on the same batch of [B, 186, 40] spectrograms in both frameworks:
   * popt_jax: `brainbert_pretrain.make_pretrain_step` (one jitted function; the masks are
     drawn and applied INSIDE it);
   * PyTorch: tests/torch_reference_brainbert_pretrain.py (`RefBrainBERT`, `RefLamb`,
     upstream's train_step); its masks are made beforehand and not timed (upstream masks in
     the DataLoader workers), so the comparison favours the reference.
-Reported as examples/s (median of `--repeats` timed steps after warm-up) and the ratio.
+Reported as examples/s (median of `--repeats` timed steps after warm-up, the two frameworks
+taking turns step by step) and the ratio.
 
 `--feed` times what feeds one step of `--batch` spectrograms: reading random rows of an HDF5
 spectrogram store (the layout `brainbert_data` writes, chunks of 16 rows, read row by row as
@@ -65,6 +66,18 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _time_in_turns(fns, repeats: int) -> list[float]:
+    """Median seconds of each callable, the callables taking turns within each repeat (a
+    change in a shared machine's load then reaches all of them alike)."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 def bench_step(size: str, batch: int, repeats: int) -> None:
     hidden, heads, ff, layers = SIZES[size]
     torch.manual_seed(0)
@@ -102,8 +115,7 @@ def bench_step(size: str, batch: int, repeats: int) -> None:
     for fn in (jax_step, torch_step):  # compile / warm up
         fn()
         fn()
-    t_jax = _time(jax_step, repeats)
-    t_ref = _time(torch_step, repeats)
+    t_jax, t_ref = _time_in_turns((jax_step, torch_step), repeats)
     print(f"model {size} (hidden {hidden}, {layers} layers), batch {batch}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"jax {jax.devices()[0].platform}")

@@ -22,12 +22,37 @@ class Buffer(nnx.Variable):
 
 
 
+def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`x @ kernel` over the last axis of `x`, computed on `x` flattened to 2-D.
+
+    Same values as the N-D product. On XLA CPU the N-D form's backward pass is slow: the
+    cotangent of the kernel is formed from a transposed copy of the [..., d_out] cotangent
+    (a strided 3-D copy), which took ~3x the time of the 2-D product's (measured on
+    [32, 186, 64] x [64, 128]: 4.3 ms vs 1.4 ms for the gradient).
+    """
+    lead = x.shape[:-1]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel)
+    return y.reshape(*lead, kernel.shape[-1])
+
+
+class Linear(nnx.Linear):
+    """`nnx.Linear` (same parameters, same values) computing through `dense`: inputs with
+    more than two axes are flattened to 2-D for the product (see `dense`)."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if inputs.ndim <= 2:
+            return super().__call__(inputs)
+        lead = inputs.shape[:-1]
+        y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return y.reshape(*lead, y.shape[-1])
+
+
 def torch_linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype=None, zero_bias: bool = True):
     """Linear layer with PyTorch's default weight init (U(+-1/sqrt(fan_in)))."""
     bound = 1.0 / math.sqrt(d_in)
     bias_init = (nnx.initializers.zeros_init() if zero_bias
                  else nnx.initializers.uniform(2 * bound))
-    layer = nnx.Linear(
+    layer = Linear(
         d_in, d_out, dtype=dtype, rngs=rngs,
         kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=bias_init,

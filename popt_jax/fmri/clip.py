@@ -42,6 +42,7 @@ from absl import logging
 from flax import nnx
 
 from popt_jax.core import torch_io
+from popt_jax.core.nn import Linear
 from popt_jax.errors import ConversionError
 from popt_jax.fmri import dinov2
 from popt_jax.fmri.dinov2 import Attention
@@ -137,9 +138,9 @@ class Mlp(nnx.Module):
     def __init__(self, dim: int, hidden: int, act: str, *, rngs: nnx.Rngs, init: _Init,
                  dtype=None):
         self.act = act
-        self.c_fc = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs, kernel_init=init.normal(
+        self.c_fc = Linear(dim, hidden, dtype=dtype, rngs=rngs, kernel_init=init.normal(
             (2 * dim) ** -0.5), bias_init=init.zeros)
-        self.c_proj = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs, kernel_init=init.normal(
+        self.c_proj = Linear(hidden, dim, dtype=dtype, rngs=rngs, kernel_init=init.normal(
             dim ** -0.5), bias_init=init.zeros)
 
     def __call__(self, x):

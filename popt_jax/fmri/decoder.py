@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 
 from popt_jax.core import torch_io
-from popt_jax.core.nn import Buffer, Dropout
+from popt_jax.core.nn import Buffer, Dropout, Linear
 
 __all__ = ["BrainEncoderConfig", "BrainEncoder", "ReadoutPlan", "GroupedReadout", "sine_position_code", "from_torch_state_dict",
            "to_torch_state_dict", "READOUTS"]
@@ -250,7 +250,7 @@ class _Init:
 
 
 def _linear(d_in, d_out, rngs, *, kernel_init, bias_init, dtype=None) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, rngs=rngs, dtype=dtype, kernel_init=kernel_init,
+    return Linear(d_in, d_out, rngs=rngs, dtype=dtype, kernel_init=kernel_init,
                       bias_init=bias_init)
 
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from popt_jax.core.nn import cast_floats
+from popt_jax.core.nn import Linear, cast_floats
 
 __all__ = [
     "DinoV2Config",
@@ -202,7 +202,7 @@ class _Init:
 
 def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, init: _Init, dtype=None) -> nnx.Linear:
     # timm/DINOv2 init: trunc normal(0.02) weights, zero biases.
-    return nnx.Linear(d_in, d_out, dtype=dtype, rngs=rngs, kernel_init=init.normal(0.02),
+    return Linear(d_in, d_out, dtype=dtype, rngs=rngs, kernel_init=init.normal(0.02),
                       bias_init=init.zeros)
 
 
@@ -281,7 +281,7 @@ class PatchEmbed(nnx.Module):
         fan_in = cfg.in_chans * cfg.patch_size ** 2
         # torch Conv2d default init: U(+-1/sqrt(fan_in)) for weight and bias.
         bound = 1.0 / math.sqrt(fan_in)
-        self.proj = nnx.Linear(fan_in, cfg.embed_dim, dtype=dtype, rngs=rngs,
+        self.proj = Linear(fan_in, cfg.embed_dim, dtype=dtype, rngs=rngs,
                                kernel_init=init.uniform(bound), bias_init=init.uniform(bound))
 
     def __call__(self, images):

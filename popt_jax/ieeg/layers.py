@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from popt_jax.core.nn import Dropout, hashed_bits, layer_norm, torch_linear  # noqa: F401
+from popt_jax.core.nn import Dropout, Linear, dense, hashed_bits, layer_norm, torch_linear  # noqa: F401
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
@@ -133,6 +133,52 @@ def unpack(p: TokenPacking, y: jax.Array) -> jax.Array:
 ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 
 
+def _softmax_weights(q, k, pad_mask):
+    """float32 softmax(q k^T) over keys, q already scaled; [B, H, Lq, Lk]."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
+    if pad_mask is not None:
+        logits = jnp.where(pad_mask[:, None, None, :], -jnp.inf, logits)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+@jax.custom_vjp
+def attention_core(q, k, v, pad_mask, drop_scale):
+    """softmax(q k^T) v for heads-major q (already scaled), k, v [B, H, L, hd]. `pad_mask`
+    [B, L] (True = padding) masks keys, or None; `drop_scale` [B, H, Lq, Lk] (0 or
+    1 / (1 - rate): the attention dropout) multiplies the weights, or None. The same values as
+    the plain einsum path; the backward pass is written out (`_attention_core_bwd`)."""
+    return _attention_core_fwd(q, k, v, pad_mask, drop_scale)[0]
+
+
+def _attention_core_fwd(q, k, v, pad_mask, drop_scale):
+    weights = _softmax_weights(q, k, pad_mask)
+    dropped = weights if drop_scale is None else weights * drop_scale
+    out = jnp.einsum("bhqk,bhkd->bhqd", dropped.astype(v.dtype), v)
+    return out, (q, k, v, weights, drop_scale, out)
+
+
+def _attention_core_bwd(res, d_out):
+    """The softmax backward with FlashAttention's row term: d_logits = P * (dP - delta) with
+    delta = rowsum(dO * O) (= rowsum(dP * P), dropout included), a reduction over the head
+    dimension instead of over the keys. Autodiff of the softmax made several more passes over
+    the [B, H, L, L] arrays, which dominate a small model's CPU step."""
+    q, k, v, weights, drop_scale, out = res
+    dropped = weights if drop_scale is None else weights * drop_scale
+    d_v = jnp.einsum("bhqk,bhqd->bhkd", dropped.astype(v.dtype), d_out)
+    d_p = jnp.einsum("bhqd,bhkd->bhqk", d_out, v).astype(jnp.float32)
+    if drop_scale is not None:
+        d_p = d_p * drop_scale
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
+                    keepdims=True)
+    d_logits = (weights * (d_p - delta)).astype(q.dtype)
+    d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits, k)
+    d_k = jnp.einsum("bhqk,bhqd->bhkd", d_logits, q)
+    return d_q, d_k, d_v, None, None
+
+
+attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
 def fused_attention(q, k, v, pad_mask, implementation: str) -> jax.Array:
     """softmax(q k^T / sqrt(hd)) v through `jax.nn.dot_product_attention`.
 
@@ -181,11 +227,11 @@ class MultiHeadAttention(nnx.Module):
         self.n_heads = n_heads
         xavier = nnx.initializers.xavier_uniform()
         zeros = nnx.initializers.zeros_init()
-        self.query = nnx.Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
+        self.query = Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
                                 rngs=rngs)
-        self.key = nnx.Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
+        self.key = Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
                               rngs=rngs)
-        self.value = nnx.Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
+        self.value = Linear(dim, dim, dtype=dtype, kernel_init=xavier, bias_init=zeros,
                                 rngs=rngs)
         self.out = torch_linear(dim, dim, rngs, dtype)
         self.dropout = Dropout(dropout, rngs=rngs)
@@ -210,7 +256,7 @@ class MultiHeadAttention(nnx.Module):
         bias = jnp.concatenate([self.query.bias.value, self.key.bias.value,
                                 self.value.bias.value])
         dtype = self.query.dtype or x.dtype
-        qkv = jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        qkv = dense(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
         if packing is not None:
             qkv = unpack(packing, qkv)
         b, length = qkv.shape[:2]
@@ -226,13 +272,18 @@ class MultiHeadAttention(nnx.Module):
             # them as plain batched GEMMs; the [B, L, H, hd] einsums were about twice as slow
             # (same values: only the layout of the operands changes).
             q, k, v = qkv.reshape(b, length, 3, self.n_heads, hd).transpose(2, 0, 3, 1, 4)
-            logits = jnp.einsum("bhqd,bhkd->bhqk", q * (1.0 / math.sqrt(hd)),
-                                k).astype(jnp.float32)
-            if pad_mask is not None:
-                logits = jnp.where(pad_mask[:, None, None, :], -jnp.inf, logits)
-            weights = jax.nn.softmax(logits, axis=-1)
-            dropped = self.dropout(weights, deterministic=deterministic)
-            out = jnp.einsum("bhqk,bhkd->bhqd", dropped.astype(v.dtype), v)
+            q = q * (1.0 / math.sqrt(hd))
+            # The attention dropout as a 0 or 1 / (1 - rate) scale: the same hashed mask as
+            # dropping the weights themselves (it depends on key, shape and rows only).
+            scale = None if no_dropout else self.dropout(
+                jnp.ones((b, self.n_heads, length, length), jnp.float32),
+                deterministic=deterministic)
+            # custom backward (`attention_core`); the returned weights are recomputed, and
+            # dropped by the compiler when no caller reads them
+            out = attention_core(q, k, v, pad_mask, scale)
+            dropped = _softmax_weights(q, k, pad_mask)
+            if scale is not None:
+                dropped = dropped * scale
             out = out.transpose(0, 2, 1, 3).reshape(b, length, d)
         out_packing = out_packing if out_packing is not None else packing
         if out_packing is not None:
