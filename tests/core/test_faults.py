@@ -50,7 +50,17 @@ def read_only(path: Path):
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"cannot bind-mount here (needs root): {getattr(e, 'stderr', e)}")
     try:
-        _mount("-o", "remount,bind,ro", str(path))
+        # Remounting read-only fails (EBUSY, exit 32) while a file is open for writing through
+        # the new mount: a running job that opened one since the bind (a checkpoint, a log
+        # line) makes it fail for a moment. Retry for up to ~5 s; then it is a real failure.
+        for attempt in range(100):
+            try:
+                _mount("-o", "remount,bind,ro", str(path))
+                break
+            except subprocess.CalledProcessError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         yield path
     finally:
         _umount(path)
