@@ -91,6 +91,7 @@ BROADBAND_STATE = {
     "state_cutoff_hz": 1.0,
     "state_amplitude": 150.0,
 }
+SYNTHETIC_FS = 2048.0  # sampling rate of the written recordings (Hz)
 _LINE = {60: 40.0, 120: 8.0, 180: 12.0, 240: 2.0, 300: 4.0, 360: 1.0}  # amplitude per harmonic
 _TRIGGER_EVERY_S = 1.0
 _VOCAB = [
@@ -277,7 +278,7 @@ def _latent_state(rng: np.random.Generator, n_e: int, n_t: int, fs: float,
 def write_synthetic_braintreebank(
     root: str | Path, *, n_subjects: int = 2, trials_per_subject: int = 1,
     duration_s: float = 180.0, n_shafts: int = 3, contacts: tuple[int, int] = (6, 12),
-    fs: float = 2048.0, seed: int = 0, plant: bool = True, latent_state: bool = True,
+    fs: float = SYNTHETIC_FS, seed: int = 0, plant: bool = True, latent_state: bool = True,
     state_rhythms=STATE_RHYTHMS, state_cutoff_hz: float = STATE_CUTOFF_HZ,
     state_amplitude: float = STATE_AMPLITUDE,
 ) -> Path:
@@ -428,9 +429,9 @@ def _write_subject(root: Path, rng: np.random.Generator, sid: str, n_shafts: int
 
 def _write_trial(root: Path, rng: np.random.Generator, subject: _Subject, sid: str, tid: str,
                  movie_words: tuple[str, dict], n_t: int, movie_s: float, fs: float,
-                 plant: bool, state_rng: np.random.Generator | None = None,
-                 state: tuple = (STATE_RHYTHMS, STATE_CUTOFF_HZ, STATE_AMPLITUDE)) -> dict:
-    """Triggers, metadata and the recording of one trial; returns its truth entry."""
+                 plant: bool, state_rng: np.random.Generator | None, state: tuple) -> dict:
+    """Triggers, metadata and the recording of one trial; returns its truth entry. The latent
+    state (`_latent_state` arguments `state`) is added when `state_rng` is given."""
     movie, words = movie_words
     lead = rng.uniform(4.0, 7.0)
     drift = rng.uniform(-2e-4, 2e-4)

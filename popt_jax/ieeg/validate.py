@@ -34,18 +34,27 @@ _STORE_KEYS = ("format", "checkpoint_hash", "fs", "window_samples", "hidden_dim"
 
 
 def _synthetic_tree(c: Checks, p: str) -> None:
-    """The `write_synthetic_braintreebank` fields under prefix `p` (those present)."""
-    for f in ("n_subjects", "trials_per_subject", "n_shafts"):
+    """The `write_synthetic_braintreebank` fields under prefix `p` (those present), with the
+    writer's own bounds, so a bad value is one error line before any work."""
+    from popt_jax.ieeg.synthetic import SYNTHETIC_FS
+
+    for f in ("n_subjects", "trials_per_subject"):
         c.positive_int(p + f)
-    c.positive(p + "duration_s")
+    c.integer(p + "n_shafts", min_value=1, max_value=200)
+    c.number(p + "duration_s", min_value=30)  # 5 s windows need room
+    contacts = c.get(p + "contacts", None)
+    c.rule(contacts is None or (len(contacts) == 2 and all(
+        isinstance(x, int) and x >= 3 for x in contacts) and contacts[0] <= contacts[1]),
+        p + "contacts", f"must be (min, max) contacts with 3 <= min <= max, got {contacts!r}")
     c.positive(p + "state_cutoff_hz")
     c.non_negative(p + "state_amplitude")
     groups = c.get(p + "state_rhythms", None)
+    nyquist = SYNTHETIC_FS / 2
     c.rule(groups is None or (len(groups) > 0 and all(
-        len(g) > 0 and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
-                           for f in g) for g in groups)),
-        p + "state_rhythms", f"must be non-empty groups of positive frequencies (Hz), got "
-        f"{groups!r}")
+        len(g) > 0 and all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                           and 0 < f < nyquist for f in g) for g in groups)),
+        p + "state_rhythms", f"must be non-empty groups of frequencies in (0, {nyquist:g}) "
+        f"Hz, got {groups!r}")
 
 
 def check_extract(c: Checks) -> None:
@@ -58,11 +67,6 @@ def check_extract(c: Checks) -> None:
     c.existing_path("brainbert_checkpoint", "file")
     if not c.get("data.root", ""):  # the synthetic tree is written from these
         _synthetic_tree(c, "data.synthetic.")
-        contacts = c.get("data.synthetic.contacts", None)
-        c.rule(contacts is None or (len(contacts) == 2 and all(
-            isinstance(x, int) and x >= 3 for x in contacts) and contacts[0] <= contacts[1]),
-            "data.synthetic.contacts", f"must be (min, max) contacts with 3 <= min <= max, "
-            f"got {contacts!r}")
     p = "preprocess."
     c.positive(p + "fs")
     c.positive(p + "notch_q")
