@@ -57,15 +57,6 @@ class _Conf(dict):
     __getattr__ = dict.get
 
 
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _time_in_turns(fns, repeats: int) -> list[float]:
     """Median seconds of each callable, the callables taking turns within each repeat (a
     change in a shared machine's load then reaches all of them alike)."""
@@ -149,7 +140,7 @@ def bench_feed(batch: int, repeats: int, rows: int) -> None:
 
         for fn in (read, stft):
             fn()
-        t_read, t_stft = _time(read, repeats), _time(stft, repeats)
+        t_read, t_stft = _time_in_turns((read, stft), repeats)
     print(f"feed {batch} spectrograms: HDF5 store {batch / t_read:.0f}/s "
           f"({t_read * 1e3:.1f} ms), on-the-fly jitted STFT {batch / t_stft:.0f}/s "
           f"({t_stft * 1e3:.1f} ms, compute only)")
